@@ -1,0 +1,1 @@
+"""mpq service package."""

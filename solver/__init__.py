@@ -1,0 +1,1 @@
+"""mpq solver package."""
