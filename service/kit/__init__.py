@@ -1,0 +1,1 @@
+"""Shared infrastructure of the service: database plumbing, errors, common schemas."""
