@@ -1,0 +1,125 @@
+"""Wrap a timm ViT/DeiT/Swin for fake quantization and address its quantization layers by timm names.
+
+``wrap_model_(model, softmax="tanq")`` replaces, in place, every ``nn.Linear`` by ``QuantLinear``, the patch
+embedding ``nn.Conv2d`` by ``QuantConv2d`` and every timm ``Attention``/``WindowAttention`` by its quantized
+subclass with ``matmul_qk``/``matmul_av``. Layer keys are timm module names (``blocks.3.attn.qkv``,
+``blocks.3.attn.matmul_av``, ``layers.1.downsample.reduction``). All quantizers start at 8 bits and must be
+calibrated (``quant.calibrate``) before use; ``set_quant_enabled_(model, False, False)`` gives float behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from .attention import install_quant_attention
+from .modules import QuantConv2d, QuantLayer, QuantLinear
+from .quantizers import ActivationQuantizer, Log2Quantizer, TanQuantizer, UniformQuantizer
+
+__all__ = [
+    "COMPONENTS",
+    "SOFTMAX_QUANTIZERS",
+    "component_of",
+    "quant_layers",
+    "quantization_map",
+    "set_bits_",
+    "set_quant_enabled_",
+    "set_uniform_bits_",
+    "wrap_model_",
+]
+
+#: Component types of quantization layers (the type-aware sensitivity groups).
+COMPONENTS = ("patch_embed", "qkv", "matmul_qk", "matmul_av", "proj", "fc1", "fc2", "reduction", "head", "linear")
+SOFTMAX_QUANTIZERS = ("uniform", "log2", "tanq")
+
+
+def component_of(name: str) -> str:
+    """Component type of a timm module name (``blocks.0.attn.qkv`` -> ``qkv``)."""
+    last = name.rsplit(".", 1)[-1]
+    if name.startswith("head"):
+        return "head"
+    if name.endswith("patch_embed.proj"):
+        return "patch_embed"
+    if last in ("qkv", "proj", "fc1", "fc2", "reduction", "matmul_qk", "matmul_av"):
+        return last
+    return "linear"
+
+
+def _softmax_quantizer(kind: str, minmax: bool) -> ActivationQuantizer:
+    if kind == "uniform":
+        return UniformQuantizer(minmax=minmax)
+    if kind == "log2":
+        return Log2Quantizer()
+    if kind == "tanq":
+        return TanQuantizer()
+    raise ValueError(f"softmax quantizer must be one of {SOFTMAX_QUANTIZERS}, got {kind!r}")
+
+
+def wrap_model_(model: nn.Module, *, softmax: str = "tanq", minmax: bool = False) -> nn.Module:
+    """Insert fake quantizers into ``model`` in place and return it.
+
+    softmax: quantizer of the post-softmax attention map (``uniform``, ``log2`` or ``tanq``).
+    minmax: use plain min/max ranges everywhere instead of MSE range searches.
+    """
+    if softmax not in SOFTMAX_QUANTIZERS:
+        raise ValueError(f"softmax quantizer must be one of {SOFTMAX_QUANTIZERS}, got {softmax!r}")
+    if any(isinstance(m, QuantLayer) for m in model.modules()):
+        raise ValueError("model is already wrapped for quantization")
+    targets = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and name.endswith("patch_embed.proj")):
+            targets.append((name, module))
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(module, nn.Linear):
+            wrapped: QuantLayer = QuantLinear(module, component_of(name))
+        else:
+            wrapped = QuantConv2d(module)
+        wrapped.weight_quantizer.minmax = minmax
+        wrapped.input_quantizer.minmax = minmax
+        setattr(parent, child, wrapped)
+    for module in list(model.modules()):
+        if install_quant_attention(module, _softmax_quantizer(softmax, minmax)):
+            for quantizer in (module.matmul_qk.quantizer_a, module.matmul_qk.quantizer_b, module.matmul_av.quantizer_b):
+                quantizer.minmax = minmax
+    return model
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    """All quantization layers of a wrapped model, in forward order, keyed by timm module name."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer)}
+    if not layers:
+        raise ValueError("model has no quantization layers; call wrap_model_ first")
+    return layers
+
+
+def set_bits_(model: nn.Module, bits: Mapping[str, tuple[int, int]]) -> None:
+    """Set ``{layer name: (wbits, abits)}`` (16 = float). Unknown names raise ``KeyError`` listing examples."""
+    layers = quant_layers(model)
+    unknown = [name for name in bits if name not in layers]
+    if unknown:
+        raise KeyError(f"unknown quantization layers {unknown[:5]}; known layers include {list(layers)[:5]}")
+    for name, (wbits, abits) in bits.items():
+        layers[name].set_bits(wbits, abits)
+
+
+def set_uniform_bits_(model: nn.Module, wbits: int, abits: int, head_bits: int | None = 8) -> None:
+    """Give every layer ``wbits``/``abits``; the patch embedding and head get ``head_bits`` (None = same)."""
+    for name, layer in quant_layers(model).items():
+        if head_bits is not None and layer.component in ("patch_embed", "head"):
+            layer.set_bits(head_bits, head_bits)
+        else:
+            layer.set_bits(wbits, abits)
+
+
+def set_quant_enabled_(model: nn.Module, weights: bool | None = None, activations: bool | None = None) -> None:
+    """Enable/disable weight and/or activation quantization in every layer."""
+    for layer in quant_layers(model).values():
+        layer.set_quant_enabled(weights, activations)
+
+
+def quantization_map(model: nn.Module) -> dict[str, dict]:
+    """``{layer name: {"component", "weights": {...}, "activations": [...]}}`` for reports and storage."""
+    return {name: layer.describe() for name, layer in quant_layers(model).items()}
