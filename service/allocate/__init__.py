@@ -1,0 +1,1 @@
+"""Synchronous bit allocation: ``POST /v1/allocate`` in front of :mod:`solver`."""

@@ -1,0 +1,1 @@
+"""Uploaded artifacts: content-addressed safetensors files of weights or images."""

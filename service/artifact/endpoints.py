@@ -1,0 +1,79 @@
+"""HTTP routes of artifacts: ``POST /v1/artifacts`` (multipart), ``GET /v1/artifacts[/{id}]``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
+
+from service.artifact.schemas import ArtifactPublic, ArtifactsPublic
+from service.artifact.service import ArtifactService
+from service.artifact.storage import BlobStore
+from service.auth.dependencies import TenantDep
+from service.deps import SessionDep, SettingsDep
+from service.kit.schemas import error_responses
+from service.models import ArtifactKind
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ArtifactPublic,
+    responses=error_responses(400, 413, 415),
+    summary="Upload a safetensors file of weights or images",
+)
+def upload_artifact(
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    file: Annotated[
+        UploadFile, File(description="A .safetensors file (pickles and other formats are refused)")
+    ],
+    kind: Annotated[
+        ArtifactKind | None,
+        Form(
+            description="weights or images; inferred from the tensors when omitted ('images' present -> images)"
+        ),
+    ] = None,
+) -> ArtifactPublic:
+    """Store the file under its SHA-256 after checking its header (tensors are never loaded).
+
+    An ``images`` artifact holds ``images`` float32 [N,3,H,W] and optionally ``labels`` int64 [N].
+    """
+    service = ArtifactService(session, BlobStore(settings.artifact_dir))
+    artifact = service.upload(
+        tenant, file.file, filename=file.filename or "", kind=kind, max_bytes=settings.max_upload_bytes
+    )
+    return ArtifactPublic.model_validate(artifact)
+
+
+@router.get("", response_model=ArtifactsPublic, responses=error_responses(), summary="List own artifacts")
+def list_artifacts(
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    kind: ArtifactKind | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+) -> ArtifactsPublic:
+    """The caller's artifacts, newest first."""
+    rows, total = ArtifactService(session, BlobStore(settings.artifact_dir)).list(
+        tenant, kind=kind, limit=limit, offset=offset
+    )
+    return ArtifactsPublic(
+        data=[ArtifactPublic.model_validate(row) for row in rows], count=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/{artifact_id}", response_model=ArtifactPublic, responses=error_responses(404))
+def get_artifact(
+    artifact_id: uuid.UUID, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+) -> ArtifactPublic:
+    """One of the caller's artifacts."""
+    artifact = ArtifactService(session, BlobStore(settings.artifact_dir)).get(tenant, artifact_id)
+    return ArtifactPublic.model_validate(artifact)

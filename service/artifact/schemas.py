@@ -1,0 +1,39 @@
+"""Request/response schemas of the artifact endpoints."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from pydantic import BaseModel
+
+from service.kit.schemas import Schema
+from service.models import ArtifactKind
+
+__all__ = ["ArtifactPublic", "ArtifactsPublic", "TensorPublic"]
+
+
+class TensorPublic(BaseModel):
+    dtype: str
+    shape: list[int]
+
+
+class ArtifactPublic(Schema):
+    """An uploaded artifact as the API shows it."""
+
+    id: uuid.UUID
+    kind: ArtifactKind
+    sha256: str
+    size: int
+    filename: str
+    tensors: dict[str, TensorPublic]
+    created_at: dt.datetime
+
+
+class ArtifactsPublic(BaseModel):
+    """A page of artifacts."""
+
+    data: list[ArtifactPublic]
+    count: int
+    limit: int
+    offset: int

@@ -1,0 +1,1 @@
+"""Tenants and API keys: creation (CLI), verification (every non-health route)."""

@@ -1,0 +1,28 @@
+"""The ``TenantDep`` dependency: every protected route gets the caller's tenant from its bearer key."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.auth.service import authenticate
+from service.deps import SessionDep
+from service.models import Tenant
+
+__all__ = ["TenantDep", "get_tenant"]
+
+_bearer = HTTPBearer(auto_error=False, description="API key made with `mpq keys create --tenant NAME`")
+
+
+def get_tenant(
+    request: Request,
+    session: SessionDep,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Tenant:
+    """Resolve the caller's tenant or raise 401 (``_credentials`` only declares the scheme in OpenAPI)."""
+    return authenticate(session, request.headers.get("authorization"))
+
+
+TenantDep = Annotated[Tenant, Depends(get_tenant)]

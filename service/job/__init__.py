@@ -1,0 +1,1 @@
+"""Quantization jobs: creation, listing, cancel, report, bundle download, reallocation, and their execution."""

@@ -1,0 +1,144 @@
+"""HTTP routes of jobs under ``/v1/jobs``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import FileResponse
+
+from service.auth.dependencies import TenantDep
+from service.deps import SessionDep, SettingsDep
+from service.job.schemas import (
+    JobCreate,
+    JobPublic,
+    JobReport,
+    JobsPublic,
+    JobSummary,
+    LayerPublic,
+    ReallocateRequest,
+    StagePublic,
+)
+from service.job.service import JobService
+from service.kit.schemas import error_responses
+from service.models import JobStatus
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _service(request: Request, session: SessionDep, settings: SettingsDep) -> JobService:
+    return JobService(session, settings, request.app.state.dispatcher)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses=error_responses(404, 409),
+    summary="Submit a quantization job",
+)
+def create_job(
+    body: JobCreate, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+) -> JobPublic:
+    """Validate the request with the pipeline's checks (422 saying what to fix) and queue it."""
+    job = _service(request, session, settings).create(tenant, body)
+    return JobPublic.model_validate(job)
+
+
+@router.get("", response_model=JobsPublic, responses=error_responses(), summary="List own jobs")
+def list_jobs(
+    request: Request,
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+) -> JobsPublic:
+    """The caller's jobs, newest first, optionally only those with ``status``."""
+    rows, total = _service(request, session, settings).list(tenant, status=status, limit=limit, offset=offset)
+    return JobsPublic(
+        data=[JobSummary.model_validate(row) for row in rows], count=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
+def get_job(
+    job_id: uuid.UUID, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+) -> JobPublic:
+    """Status, progress (0..1), current stage, and every stage with start/end time and output."""
+    return JobPublic.model_validate(_service(request, session, settings).get(tenant, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses=error_responses(404, 409),
+)
+def cancel_job(
+    job_id: uuid.UUID, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+) -> JobPublic:
+    """Cancel a queued job, or ask a running one to stop (``cancel_requested``); 409 once it has finished."""
+    return JobPublic.model_validate(_service(request, session, settings).cancel(tenant, job_id))
+
+
+@router.get("/{job_id}/report", response_model=JobReport, responses=error_responses(404, 409))
+def get_report(
+    job_id: uuid.UUID, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+) -> JobReport:
+    """Per-layer bits, sensitivities, metrics, budgets and timings of a succeeded job."""
+    job, layers = _service(request, session, settings).report(tenant, job_id)
+    return JobReport(
+        job_id=job.id,
+        status=job.status,
+        result=job.result or {},
+        layers=[LayerPublic.model_validate(layer) for layer in layers],
+        stages=[StagePublic.model_validate(stage) for stage in job.stages],
+    )
+
+
+@router.get(
+    "/{job_id}/artifact",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {"application/zip": {}},
+            "description": "model.safetensors, quant_config.json, report.json",
+        },
+        **error_responses(404, 409),
+    },
+)
+def download_artifact(
+    job_id: uuid.UUID, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+) -> FileResponse:
+    """The quantized model bundle (zip), loadable with ``quant.load_quantized`` once extracted."""
+    job, path = _service(request, session, settings).bundle_path(tenant, job_id)
+    return FileResponse(
+        path,
+        media_type="application/zip",
+        filename=f"mpq-{job.id}.zip",
+        headers={"X-Content-SHA256": job.bundle_sha256 or ""},
+    )
+
+
+@router.post(
+    "/{job_id}/reallocate",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses=error_responses(404, 409),
+)
+def reallocate_job(
+    job_id: uuid.UUID,
+    body: ReallocateRequest,
+    request: Request,
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> JobPublic:
+    """A new job with a new budget that reuses this job's sensitivities (its sensitivity stage is ``reused``)."""
+    job = _service(request, session, settings).reallocate(tenant, job_id, body)
+    return JobPublic.model_validate(job)

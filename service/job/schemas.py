@@ -1,0 +1,165 @@
+"""Request/response schemas of the job endpoints (``JobCreate`` / ``JobPublic`` / ``JobsPublic`` families).
+
+A job request names artifacts by id; the worker turns the stored request into a
+:class:`quant.config.PipelineConfig` with local paths (see :mod:`service.job.config`). The ``method`` block *is*
+:class:`quant.config.MethodSpec`, so the API accepts exactly what ``mpq quantize`` accepts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from quant.config import BUDGET_KEYS, MethodSpec
+from service.kit.schemas import Schema
+from service.models import JobStatus, StageStatus
+
+__all__ = [
+    "DataIn",
+    "JobCreate",
+    "JobPublic",
+    "JobReport",
+    "JobSummary",
+    "JobsPublic",
+    "LayerPublic",
+    "ModelIn",
+    "ReallocateRequest",
+    "StagePublic",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelIn(_Strict):
+    """The network: a built-in model or a timm architecture with uploaded weights."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=200,
+        description="builtin:vit-digits, builtin:swin-digits or a timm architecture name",
+        examples=["builtin:vit-digits", "vit_small_patch16_224"],
+    )
+    arch_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="timm.create_model overrides (img_size, depth, num_classes, ...)"
+    )
+    weights_artifact_id: uuid.UUID | None = Field(
+        default=None, description="A weights artifact (the model's state_dict); required for timm names"
+    )
+
+
+class DataIn(_Strict):
+    """Calibration (and optional evaluation) images: at most one source each; built-in digits by default."""
+
+    builtin: str | None = Field(default=None, max_length=100, description="e.g. builtin:digits")
+    artifact_id: uuid.UUID | None = Field(default=None, description="An images artifact for calibration")
+    folder: str | None = Field(
+        default=None, max_length=1000, description="An image folder relative to the worker's MPQ_DATA_ROOT"
+    )
+    eval_artifact_id: uuid.UUID | None = Field(default=None, description="An images artifact with labels")
+    eval_folder: str | None = Field(default=None, max_length=1000, description="Relative to MPQ_DATA_ROOT")
+    num_calibration: int = Field(default=256, ge=1, le=100_000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataIn:
+        if sum(x is not None for x in (self.builtin, self.artifact_id, self.folder)) > 1:
+            raise ValueError("give at most one of data.builtin, data.artifact_id, data.folder")
+        if self.eval_artifact_id is not None and self.eval_folder is not None:
+            raise ValueError("give at most one of data.eval_artifact_id, data.eval_folder")
+        return self
+
+
+class JobCreate(_Strict):
+    """A quantization job request."""
+
+    name: str = Field(default="", max_length=200)
+    model: ModelIn
+    data: DataIn = Field(default_factory=DataIn)
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")
+
+
+class ReallocateRequest(_Strict):
+    """A new budget for a job whose sensitivities are reused (no sensitivity stage runs)."""
+
+    budgets: dict[str, float] = Field(
+        min_length=1,
+        description=f"New budgets; keys among {', '.join(BUDGET_KEYS)}",
+        examples=[{"wbits": 3.5}],
+    )
+    fixed_layers: dict[str, tuple[int, int]] | None = Field(
+        default=None, description="Replaces the parent's fixed layers when given"
+    )
+    name: str = Field(default="", max_length=200)
+
+
+class StagePublic(Schema):
+    name: str
+    status: StageStatus
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    reused_from: uuid.UUID | None = None
+    output: dict[str, Any] | None = None
+
+
+class JobSummary(Schema):
+    """A job without its stage outputs (list view)."""
+
+    id: uuid.UUID
+    name: str
+    status: JobStatus
+    parent_id: uuid.UUID | None
+    progress: float
+    stage: str | None
+    message: str
+    cancel_requested: bool
+    error: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    attempts: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+class JobPublic(JobSummary):
+    """A job with its request and stages (each with start/end time and output)."""
+
+    spec: dict[str, Any]
+    heartbeat_at: dt.datetime | None
+    stages: list[StagePublic]
+    bundle_sha256: str | None
+    bundle_size: int | None
+
+
+class JobsPublic(BaseModel):
+    """A page of jobs."""
+
+    data: list[JobSummary]
+    count: int
+    limit: int
+    offset: int
+
+
+class LayerPublic(Schema):
+    name: str
+    wbits: int | None
+    abits: int | None
+    sensitivity: float | None
+    details: dict[str, Any]
+
+
+class JobReport(BaseModel):
+    """The result of a succeeded job: the pipeline's report plus per-layer bits."""
+
+    job_id: uuid.UUID
+    status: JobStatus
+    result: dict[str, Any]
+    layers: list[LayerPublic]
+    stages: list[StagePublic]

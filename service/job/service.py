@@ -1,0 +1,229 @@
+"""Job use cases for tenants: create (validated, 202), read, list, cancel, report, bundle, reallocate.
+
+A job is accepted only after the pipeline's own checks pass on the resolved configuration; the job row and its
+stage rows are written in one transaction, so a rejected request leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from service.artifact.repository import ArtifactRepository
+from service.artifact.storage import BlobStore
+from service.job import pipeline
+from service.job.config import build_pipeline_config
+from service.job.repository import JobRepository
+from service.job.schemas import JobCreate, ReallocateRequest
+from service.kit.errors import Conflict, NotFound, UnprocessableEntity
+from service.models import Artifact, ArtifactKind, Job, JobLayer, JobStatus, Tenant
+from service.models.job import TERMINAL_STATUSES
+from service.settings import Settings
+
+__all__ = ["Dispatcher", "JobService", "NullDispatcher"]
+
+
+class Dispatcher(Protocol):
+    """Hands an accepted job to the workers (no-op for the embedded worker, which polls the table)."""
+
+    def enqueue(self, job_id: uuid.UUID) -> None: ...
+
+
+class NullDispatcher:
+    """The embedded worker finds queued jobs itself."""
+
+    def enqueue(self, job_id: uuid.UUID) -> None:
+        return None
+
+
+class JobService:
+    """Everything a tenant can do with jobs."""
+
+    def __init__(self, session: Session, settings: Settings, dispatcher: Dispatcher | None = None) -> None:
+        self.session = session
+        self.settings = settings
+        self.store = BlobStore(settings.artifact_dir)
+        self.dispatcher = dispatcher or NullDispatcher()
+        self.jobs = JobRepository(session)
+        self.artifacts = ArtifactRepository(session)
+
+    # ---- create --------------------------------------------------------------------------------------------
+    def _artifact(self, tenant: Tenant, artifact_id: uuid.UUID, field: str, kind: ArtifactKind) -> Artifact:
+        artifact = self.artifacts.get(tenant.id, artifact_id)
+        if artifact is None:
+            raise NotFound(
+                f"{field}: artifact {artifact_id} not found",
+                code="artifact_not_found",
+                details={"field": field},
+            )
+        if artifact.kind != kind:
+            raise UnprocessableEntity(
+                f"{field}: artifact {artifact_id} holds {artifact.kind.value}, expected {kind.value}",
+                code="wrong_artifact_kind",
+                details={"field": field, "kind": artifact.kind.value, "expected": kind.value},
+            )
+        if not self.store.blob_path(artifact.sha256).is_file():
+            raise Conflict(
+                f"{field}: the file of artifact {artifact_id} is missing from the artifact store",
+                code="artifact_missing",
+            )
+        return artifact
+
+    def _resolve(self, tenant: Tenant, spec: JobCreate) -> dict[str, Artifact]:
+        wanted = {
+            "model.weights_artifact_id": (spec.model.weights_artifact_id, ArtifactKind.WEIGHTS),
+            "data.artifact_id": (spec.data.artifact_id, ArtifactKind.IMAGES),
+            "data.eval_artifact_id": (spec.data.eval_artifact_id, ArtifactKind.IMAGES),
+        }
+        return {
+            field: self._artifact(tenant, artifact_id, field, kind)
+            for field, (artifact_id, kind) in wanted.items()
+            if artifact_id is not None
+        }
+
+    def _validate(self, tenant: Tenant, spec: JobCreate) -> dict[str, Artifact]:
+        artifacts = self._resolve(tenant, spec)
+        by_id = {artifact.id: artifact for artifact in artifacts.values()}
+        config = build_pipeline_config(
+            spec,
+            artifact_path=lambda artifact_id: self.store.blob_path(by_id[artifact_id].sha256),
+            data_root=self.settings.data_root,
+        )
+        pipeline.validate(config)
+        return artifacts
+
+    def _insert(
+        self,
+        tenant: Tenant,
+        spec: JobCreate,
+        artifacts: dict[str, Artifact],
+        *,
+        parent: Job | None = None,
+        reused: dict[str, tuple[dict[str, Any], uuid.UUID]] | None = None,
+    ) -> Job:
+        def artifact_id(field: str) -> uuid.UUID | None:
+            artifact = artifacts.get(field)
+            return artifact.id if artifact is not None else None
+
+        job = Job(
+            tenant_id=tenant.id,
+            parent_id=parent.id if parent is not None else None,
+            name=spec.name,
+            status=JobStatus.QUEUED,
+            spec=spec.model_dump(mode="json"),
+            weights_artifact_id=artifact_id("model.weights_artifact_id"),
+            data_artifact_id=artifact_id("data.artifact_id"),
+            eval_artifact_id=artifact_id("data.eval_artifact_id"),
+            message="queued",
+        )
+        self.jobs.add(job, reused=reused)
+        self.session.commit()
+        self.dispatcher.enqueue(job.id)
+        return job
+
+    def create(self, tenant: Tenant, spec: JobCreate) -> Job:
+        """Validate ``spec`` against the pipeline and queue it."""
+        artifacts = self._validate(tenant, spec)
+        return self._insert(tenant, spec, artifacts)
+
+    # ---- read ----------------------------------------------------------------------------------------------
+    def get(self, tenant: Tenant, job_id: uuid.UUID) -> Job:
+        """The tenant's job; 404 for unknown ids and other tenants' jobs alike."""
+        job = self.jobs.get(tenant.id, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found", code="job_not_found")
+        return job
+
+    def list(
+        self, tenant: Tenant, *, status: JobStatus | None, limit: int, offset: int
+    ) -> tuple[list[Job], int]:
+        return self.jobs.list(tenant.id, status=status, limit=limit, offset=offset)
+
+    def report(self, tenant: Tenant, job_id: uuid.UUID) -> tuple[Job, list[JobLayer]]:
+        """The result and per-layer bits of a succeeded job; 409 before that."""
+        job = self.get(tenant, job_id)
+        if job.status != JobStatus.SUCCEEDED or job.result is None:
+            raise Conflict(
+                f"job {job_id} has no report: it is {job.status.value}",
+                code="report_not_ready",
+                details={"status": job.status.value},
+            )
+        return job, self.jobs.layers(job.id)
+
+    def bundle_path(self, tenant: Tenant, job_id: uuid.UUID) -> tuple[Job, Path]:
+        """The zip bundle of a succeeded job; 409 before that."""
+        job = self.get(tenant, job_id)
+        path = self.store.job_dir(job.id) / "bundle.zip"
+        if job.status != JobStatus.SUCCEEDED or job.bundle_sha256 is None:
+            raise Conflict(
+                f"job {job_id} has no artifact: it is {job.status.value}",
+                code="artifact_not_ready",
+                details={"status": job.status.value},
+            )
+        if not path.is_file():
+            raise Conflict(
+                f"the artifact of job {job_id} is missing from the artifact store", code="artifact_missing"
+            )
+        return job, path
+
+    # ---- cancel --------------------------------------------------------------------------------------------
+    def cancel(self, tenant: Tenant, job_id: uuid.UUID) -> Job:
+        """Cancel a queued job at once, or ask a running job's worker to stop; 409 for finished jobs."""
+        job = self.get(tenant, job_id)
+        if job.status in TERMINAL_STATUSES:
+            raise Conflict(
+                f"job {job_id} is already {job.status.value} and cannot be cancelled",
+                code="job_finished",
+                details={"status": job.status.value},
+            )
+        if not self.jobs.cancel_if_queued(job.id):
+            self.jobs.request_cancel_if_running(job.id)
+        self.session.commit()
+        self.session.refresh(job)
+        if job.status in {JobStatus.SUCCEEDED, JobStatus.FAILED}:  # finished in between
+            raise Conflict(
+                f"job {job_id} is already {job.status.value} and cannot be cancelled",
+                code="job_finished",
+                details={"status": job.status.value},
+            )
+        return job
+
+    # ---- reallocate ----------------------------------------------------------------------------------------
+    def reallocate(self, tenant: Tenant, job_id: uuid.UUID, request: ReallocateRequest) -> Job:
+        """A new job with the parent's spec and a new budget, reusing the parent's sensitivity stage output."""
+        parent = self.get(tenant, job_id)
+        stage = self.jobs.stage(parent.id, "sensitivity")
+        output = self.jobs.stage_output(parent.id, "sensitivity")
+        if stage is None or output is None or output.get("skipped") is True:
+            raise Conflict(
+                f"job {job_id} has no sensitivities to reuse (its sensitivity stage has not finished; "
+                "only mixed-precision jobs with budgets compute them)",
+                code="sensitivity_unavailable",
+                details={"status": parent.status.value},
+            )
+        spec_data = dict(parent.spec)
+        method = dict(spec_data.get("method", {}))
+        method["budgets"] = request.budgets
+        if request.fixed_layers is not None:
+            method["fixed_layers"] = request.fixed_layers
+        spec_data["method"] = method
+        spec_data["name"] = (
+            request.name or (f"{parent.name} (reallocated)" if parent.name else "reallocated")[:200]
+        )
+        try:
+            spec = JobCreate.model_validate(spec_data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise UnprocessableEntity(
+                f"invalid reallocation: {where}: {first['msg']}",
+                code="invalid_budget",
+                details={"loc": [str(part) for part in first["loc"]]},
+            ) from exc
+        artifacts = self._validate(tenant, spec)
+        origin = stage.reused_from or parent.id
+        return self._insert(tenant, spec, artifacts, parent=parent, reused={"sensitivity": (output, origin)})

@@ -1,0 +1,1 @@
+"""Job execution: the runner shared by the embedded worker process and Celery workers."""

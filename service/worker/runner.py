@@ -1,0 +1,320 @@
+"""Run one job: claim it, run the pipeline with DB-backed progress and checkpoints, write the outcome.
+
+Used by the embedded worker process and by Celery tasks alike. It takes a job id, opens its own sessions,
+reloads the job, and copes with a job that is gone, already claimed, or cancelled. A heartbeat thread keeps the
+lease alive and notices cancellation requests; when the worker is asked to shut down, the job goes back to
+``queued`` with its finished stages kept, so the next worker resumes from the last finished stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.artifact.repository import ArtifactRepository
+from service.artifact.storage import BlobStore
+from service.job.config import build_pipeline_config
+from service.job.pipeline import input_error_to_dict, pipeline_module
+from service.job.repository import JobRepository
+from service.job.schemas import JobCreate
+from service.kit.db import session_scope, utcnow
+from service.kit.errors import MPQError
+from service.kit.jsonable import jsonable
+from service.models import JobLayer, JobStatus
+from service.settings import Settings
+from service.worker.store import DBStageStore, LeaseLost
+
+__all__ = ["execute_job", "make_worker_id", "write_bundle"]
+
+logger = logging.getLogger("mpq.worker")
+
+#: Minimum seconds between two progress writes within one stage.
+PROGRESS_WRITE_INTERVAL = 0.5
+
+
+def make_worker_id(kind: str) -> str:
+    """``<kind>:<hostname>:<pid>``, recorded on the jobs this process runs."""
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}"
+
+
+def write_bundle(output_dir: Path, bundle: Path) -> tuple[str, int]:
+    """Zip the files of ``output_dir`` into ``bundle`` (atomically) and return its sha256 and size."""
+    tmp = bundle.with_suffix(".zip.part")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(output_dir.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(output_dir).as_posix())
+    os.replace(tmp, bundle)
+    digest = hashlib.sha256()
+    with bundle.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest(), bundle.stat().st_size
+
+
+def _layers(job_id: uuid.UUID, result: dict[str, Any]) -> list[JobLayer]:
+    """Per-layer rows from the result's ``allocation`` (``{layer: {"wbits", "abits", ...}}``)."""
+    allocation = result.get("allocation") or {}
+    sensitivity = result.get("sensitivity") or {}
+    per_layer_sensitivity = sensitivity.get("layers", sensitivity) if isinstance(sensitivity, dict) else {}
+    rows = []
+    for position, (name, entry) in enumerate(allocation.items()):
+        entry = entry if isinstance(entry, dict) else {}
+
+        def _int(key: str, entry: dict[str, Any] = entry) -> int | None:
+            value = entry.get(key)
+            return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+        value = entry.get("sensitivity")
+        if not isinstance(value, int | float):
+            candidate = per_layer_sensitivity.get(name) if isinstance(per_layer_sensitivity, dict) else None
+            value = candidate if isinstance(candidate, int | float) else None
+        details = {key: item for key, item in entry.items() if key not in {"wbits", "abits", "sensitivity"}}
+        rows.append(
+            JobLayer(
+                job_id=job_id,
+                name=str(name)[:200],
+                position=position,
+                wbits=_int("wbits"),
+                abits=_int("abits"),
+                sensitivity=float(value)
+                if isinstance(value, int | float) and not isinstance(value, bool)
+                else None,
+                details=jsonable(details),
+            )
+        )
+    return rows
+
+
+@dataclass
+class _Run:
+    """State of one run of one job in this process."""
+
+    job_id: uuid.UUID
+    lease_id: str
+    session_factory: sessionmaker[Session]
+    settings: Settings
+    shutdown: threading.Event
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lease_lost: threading.Event = field(default_factory=threading.Event)
+    stop_heartbeat: threading.Event = field(default_factory=threading.Event)
+    current_stage: str | None = None
+    last_write: float = 0.0
+    thread: threading.Thread | None = None
+
+    # -- heartbeat ---------------------------------------------------------------------------------------------
+    def _beat(self) -> None:
+        with session_scope(self.session_factory) as session:
+            repository = JobRepository(session)
+            alive = repository.touch(self.job_id, self.lease_id)
+            cancel = repository.cancel_requested(self.job_id)
+            session.commit()
+        if not alive:
+            self.lease_lost.set()
+        if cancel:
+            self.cancel.set()
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop_heartbeat.wait(self.settings.heartbeat_interval):
+            try:
+                self._beat()
+            except Exception:
+                logger.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
+            if self.lease_lost.is_set():
+                return
+
+    def start_heartbeat(self) -> None:
+        self._beat()
+        self.thread = threading.Thread(
+            target=self._heartbeat_loop, name=f"heartbeat-{self.job_id}", daemon=True
+        )
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_heartbeat.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+    # -- pipeline callbacks ------------------------------------------------------------------------------------
+    def should_cancel(self) -> bool:
+        return self.cancel.is_set() or self.lease_lost.is_set() or self.shutdown.is_set()
+
+    def progress(self, stage: str, fraction: float, message: str) -> None:
+        if self.lease_lost.is_set():
+            raise LeaseLost(f"job {self.job_id}: lease lost")
+        now = time.monotonic()
+        changed = stage != self.current_stage
+        if not changed and now - self.last_write < PROGRESS_WRITE_INTERVAL:
+            return
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        with session_scope(self.session_factory) as session:
+            repository = JobRepository(session)
+            if not repository.touch(
+                self.job_id, self.lease_id, stage=stage[:32], progress=fraction, message=str(message)[:2000]
+            ):
+                session.rollback()
+                self.lease_lost.set()
+                raise LeaseLost(f"job {self.job_id}: lease lost")
+            if changed:
+                repository.start_stage(self.job_id, stage, utcnow())
+            session.commit()
+        self.current_stage = stage
+        self.last_write = now
+
+    # -- outcomes ----------------------------------------------------------------------------------------------
+    def finish(self, status: JobStatus, *, message: str, **values: Any) -> bool:
+        now = utcnow()
+        with session_scope(self.session_factory) as session:
+            repository = JobRepository(session)
+            layers = values.pop("layers", None)
+            if not repository.touch(
+                self.job_id, self.lease_id, status=status, message=message[:2000], finished_at=now, **values
+            ):
+                session.rollback()
+                return False
+            if status == JobStatus.SUCCEEDED:
+                repository.close_open_stages(self.job_id, now)
+                repository.replace_layers(self.job_id, layers or [])
+            else:
+                repository.reset_running_stages(self.job_id)
+            session.commit()
+        return True
+
+    def requeue(self, message: str) -> bool:
+        with session_scope(self.session_factory) as session:
+            done = JobRepository(session).requeue(self.job_id, lease_id=self.lease_id, message=message)
+            session.commit()
+        return done
+
+
+def _claim(
+    session_factory: sessionmaker[Session], job_id: uuid.UUID, worker_id: str, lease_id: str
+) -> tuple[JobCreate, dict[uuid.UUID, str]] | None:
+    """Claim the job and read what the run needs; None when it is gone or someone else has it."""
+    with session_scope(session_factory) as session:
+        repository = JobRepository(session)
+        if not repository.claim(job_id, worker_id=worker_id, lease_id=lease_id):
+            session.rollback()
+            return None
+        session.commit()
+        job = repository.get_by_id(job_id)
+        if job is None:  # deleted between claim and read
+            return None
+        artifacts = ArtifactRepository(session)
+        shas: dict[uuid.UUID, str] = {}
+        for artifact_id in (job.weights_artifact_id, job.data_artifact_id, job.eval_artifact_id):
+            if artifact_id is not None:
+                artifact = artifacts.get(job.tenant_id, artifact_id)
+                if artifact is not None:
+                    shas[artifact_id] = artifact.sha256
+        return JobCreate.model_validate(job.spec), shas
+
+
+def execute_job(
+    job_id: uuid.UUID,
+    *,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    worker_id: str,
+    shutdown: threading.Event | None = None,
+) -> JobStatus | None:
+    """Claim and run job ``job_id``; returns its new status, or None when this call did not run it."""
+    lease_id = uuid.uuid4().hex
+    claimed = _claim(session_factory, job_id, worker_id, lease_id)
+    if claimed is None:
+        return None
+    spec, shas = claimed
+    store = BlobStore(settings.artifact_dir)
+    job_dir = store.job_dir(job_id)
+    output_dir = job_dir / "output"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run = _Run(job_id, lease_id, session_factory, settings, shutdown or threading.Event())
+    logger.info("job %s: started by %s", job_id, worker_id)
+    run.start_heartbeat()
+    pipeline: Any = None
+    try:
+
+        def artifact_path(artifact_id: uuid.UUID) -> Path:
+            sha = shas.get(artifact_id)
+            path = store.blob_path(sha) if sha else None
+            if path is None or not path.is_file():
+                raise MPQError(
+                    f"artifact {artifact_id} is missing from the artifact store", code="artifact_missing"
+                )
+            return path
+
+        config = build_pipeline_config(spec, artifact_path=artifact_path, data_root=settings.data_root)
+        pipeline = pipeline_module()
+        result = pipeline.run_pipeline(
+            config,
+            progress=run.progress,
+            store=DBStageStore(job_id, lease_id, session_factory, job_dir / "work"),
+            output_dir=output_dir,
+            should_cancel=run.should_cancel,
+        )
+        result_dict = jsonable(result.to_dict())
+        sha256, size = write_bundle(output_dir, job_dir / "bundle.zip")
+        if run.finish(
+            JobStatus.SUCCEEDED,
+            message="done",
+            progress=1.0,
+            result=result_dict,
+            metrics=jsonable(result.metrics),
+            bundle_sha256=sha256,
+            bundle_size=size,
+            error=None,
+            layers=_layers(job_id, result_dict),
+        ):
+            logger.info("job %s: succeeded", job_id)
+            return JobStatus.SUCCEEDED
+        logger.warning("job %s: finished but the lease was lost; result discarded", job_id)
+        return None
+    except LeaseLost:
+        logger.warning("job %s: lease lost, stopping this run", job_id)
+        return None
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
+        return _handle_failure(run, pipeline, exc)
+    finally:
+        run.stop()
+
+
+def _handle_failure(run: _Run, pipeline: Any, exc: Exception) -> JobStatus | None:
+    cancelled_type = getattr(pipeline, "PipelineCancelled", None)
+    input_type = getattr(pipeline, "PipelineInputError", None)
+    if run.lease_lost.is_set() or isinstance(exc, LeaseLost):
+        logger.warning("job %s: lease lost, stopping this run", run.job_id)
+        return None
+    if (cancelled_type is not None and isinstance(exc, cancelled_type)) or run.should_cancel():
+        if run.shutdown.is_set() and not run.cancel.is_set():
+            run.requeue("worker stopped; the job resumes from its last finished stage")
+            logger.info("job %s: re-queued on worker shutdown", run.job_id)
+            return JobStatus.QUEUED
+        run.finish(JobStatus.CANCELLED, message="cancelled")
+        logger.info("job %s: cancelled", run.job_id)
+        return JobStatus.CANCELLED
+    if input_type is not None and isinstance(exc, input_type):
+        error = input_error_to_dict(exc)
+    elif isinstance(exc, MPQError):
+        error = {"code": exc.code, "message": exc.message, "details": exc.details}
+    else:
+        logger.error("job %s: failed\n%s", run.job_id, traceback.format_exc())
+        error = {
+            "code": "internal_error",
+            "message": f"{type(exc).__name__}: {exc}"[:2000],
+            "details": {"traceback": traceback.format_exc()[-4000:]},
+        }
+    run.finish(JobStatus.FAILED, message=error["message"], error=jsonable(error))
+    logger.info("job %s: failed (%s)", run.job_id, error["code"])
+    return JobStatus.FAILED

@@ -1,0 +1,64 @@
+"""The pipeline's ``StageStore`` backed by the job's stage rows and a persistent work folder.
+
+``load(stage)`` returns the output of a finished (or reused, or skipped) stage so the pipeline skips it; ``save``
+records a stage's output and end time, guarded by the run's lease (an output ``{"skipped": true, ...}`` marks the
+stage ``skipped``: the pipeline decided it had nothing to do). ``workdir`` (``<artifact_dir>/jobs/<id>/work``) keeps
+finer checkpoints (e.g. reconstructed blocks) across restarts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.job.repository import JobRepository
+from service.kit.db import session_scope, utcnow
+from service.kit.jsonable import jsonable
+from service.models import StageStatus
+
+__all__ = ["DBStageStore", "LeaseLost"]
+
+
+class LeaseLost(Exception):
+    """This run no longer owns the job (it was re-queued after a missed heartbeat or cancelled elsewhere)."""
+
+
+class DBStageStore:
+    """Stage checkpoints of one run of one job."""
+
+    def __init__(
+        self, job_id: uuid.UUID, lease_id: str, session_factory: sessionmaker[Session], workdir: Path
+    ):
+        self.job_id = job_id
+        self.lease_id = lease_id
+        self.session_factory = session_factory
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def load(self, stage: str) -> dict[str, Any] | None:
+        """The JSON output of ``stage`` if it already finished (or was reused from a parent job)."""
+        with session_scope(self.session_factory) as session:
+            return JobRepository(session).stage_output(self.job_id, stage)
+
+    def save(self, stage: str, output: dict[str, Any]) -> None:
+        """Record ``stage`` as finished with ``output``; raises :class:`LeaseLost` if the run lost the job."""
+        payload = jsonable(output)
+        with session_scope(self.session_factory) as session:
+            repository = JobRepository(session)
+            if not repository.touch(self.job_id, self.lease_id):
+                session.rollback()
+                raise LeaseLost(f"job {self.job_id}: lease lost while saving stage {stage!r}")
+            now = utcnow()
+            stage_row = repository.stage(self.job_id, stage)
+            repository.set_stage(
+                self.job_id,
+                stage,
+                status=StageStatus.SKIPPED if payload.get("skipped") is True else StageStatus.FINISHED,
+                started_at=None if stage_row is None or stage_row.started_at else now,
+                finished_at=now,
+                output=payload,
+            )
+            session.commit()
