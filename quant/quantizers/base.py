@@ -31,6 +31,8 @@ class ActivationQuantizer(nn.Module):
     """
 
     kind = "base"
+    #: Names of the parameters/buffers that ``fit`` sets (cached per bit-width by ``set_bits``).
+    fit_params: tuple[str, ...] = ()
 
     def __init__(self, bits: int = 8, sample_size: int = 1 << 16) -> None:
         super().__init__()
@@ -42,6 +44,7 @@ class ActivationQuantizer(nn.Module):
         self.register_buffer("observed_min", torch.tensor(float("inf")), persistent=False)
         self.register_buffer("observed_max", torch.tensor(float("-inf")), persistent=False)
         self.calibrated = False
+        self._fitted: dict[int, dict[str, torch.Tensor]] = {}
 
     # ---- calibration ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -71,15 +74,40 @@ class ActivationQuantizer(nn.Module):
 
     def finalize(self) -> None:
         """Fit parameters for the current bit-width from the observed sample."""
+        self._fitted = {}
         if self.bits < FLOAT_BITS:
-            self.fit(self.calibration_sample())
+            self._fit_cached(self.bits)
         self.calibrated = True
 
+    def _fit_cached(self, bits: int) -> None:
+        cached = self._fitted.get(bits)
+        if cached is None:
+            self.fit(self.calibration_sample())
+            self._fitted[bits] = {name: getattr(self, name).detach().clone() for name in self.fit_params}
+            return
+        with torch.no_grad():
+            for name, value in cached.items():
+                getattr(self, name).data = value.clone()
+
     def set_bits(self, bits: int) -> None:
-        """Change the bit-width and refit from the stored sample (no new pass over the data)."""
+        """Change the bit-width and refit from the stored sample (no new pass over the data).
+
+        Fitted parameters are cached per bit-width, so switching back and forth costs nothing.
+        """
         self.bits = int(bits)
         if self.calibrated and self.sample.numel() > 0 and self.bits < FLOAT_BITS:
-            self.fit(self.calibration_sample())
+            self._fit_cached(self.bits)
+
+    def quantize_at(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        """Fake-quantize ``x`` as this quantizer would at ``bits``, leaving its current bit-width unchanged."""
+        if bits >= FLOAT_BITS:
+            return x
+        current = self.bits
+        try:
+            self.set_bits(bits)
+            return self.quantize(x)
+        finally:
+            self.set_bits(current)
 
     def fit(self, sample: torch.Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -16,6 +16,7 @@ class Log2Quantizer(ActivationQuantizer):
     (1 for softmax outputs). Values below the smallest level round to 0.
     """
 
+    fit_params = ("scale",)
     kind = "log2"
 
     def __init__(self, bits: int = 8) -> None:

@@ -32,6 +32,7 @@ def tanq_fake_quant(x: torch.Tensor, a: float, bits: int) -> torch.Tensor:
 class TanQuantizer(ActivationQuantizer):
     """TanQ fake quantizer; ``fit`` searches ``a`` on a grid minimising the MSE on the calibration sample."""
 
+    fit_params = ("a",)
     kind = "tanq"
 
     def __init__(self, bits: int = 8, a: float = 2.0) -> None:

@@ -64,6 +64,7 @@ class UniformQuantizer(ActivationQuantizer):
     (last dimension is the channel dimension); no calibration needed.
     """
 
+    fit_params = ("scale", "zero_point")
     kind = "uniform"
 
     def __init__(self, bits: int = 8, granularity: str = "tensor", minmax: bool = False) -> None:

@@ -39,6 +39,7 @@ class WeightQuantizer(nn.Module):
         self.scale = nn.Parameter(torch.ones(1), requires_grad=False)
         self.register_buffer("zero_point", torch.zeros(1))
         self.calibrated = False
+        self._fitted: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def active(self) -> bool:
@@ -49,6 +50,12 @@ class WeightQuantizer(nn.Module):
         """Choose per-channel scale/zero point for ``weight`` [out, ...] at ``self.bits``."""
         self.calibrated = True
         if self.bits >= FLOAT_BITS:
+            return
+        key = (self.bits, self.minmax, weight.data_ptr(), weight._version, tuple(weight.shape))
+        if key in self._fitted:
+            scale, zero = self._fitted[key]
+            self.scale = nn.Parameter(scale.clone(), requires_grad=False)
+            self.zero_point = zero.clone()
             return
         w = weight.detach().float().reshape(weight.shape[0], -1)
         view = (-1,) + (1,) * (weight.dim() - 1)
@@ -80,6 +87,19 @@ class WeightQuantizer(nn.Module):
         zero = torch.round(-best_low / scale)
         self.scale = nn.Parameter(scale.reshape(view).to(weight.dtype), requires_grad=False)
         self.zero_point = zero.reshape(view).to(weight.dtype)
+        self._fitted[key] = (self.scale.detach().clone(), self.zero_point.clone())
+
+    def quantize_at(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
+        """Fake-quantized ``weight`` at ``bits`` (cached range search), leaving this quantizer unchanged."""
+        if bits >= FLOAT_BITS:
+            return weight
+        saved = (self.bits, self.scale, self.zero_point, self.calibrated)
+        try:
+            self.bits = bits
+            self.calibrate(weight)
+            return fake_quant_uniform(weight, self.scale, self.zero_point, bits)
+        finally:
+            self.bits, self.scale, self.zero_point, self.calibrated = saved
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.active:

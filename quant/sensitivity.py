@@ -1,0 +1,286 @@
+"""LampQ sensitivity: diagonal Fisher of weights and activations, Omega per layer and bit-width, type factors.
+
+The predicted loss increase of quantizing layer ``l``'s weights to ``b`` bits is
+``Omega_w(l, b) = 1/2 * sum_i F_i (Q_b(w_i) - w_i)^2`` and of its input activations
+``Omega_a(l, b) = 1/2 * E_x[sum_j (dL/dx_j)^2 (Q_b(x_j) - x_j)^2]`` (nats per image). A candidate
+``(w, a)`` costs ``Omega_w(l, w) + Omega_a(l, a)``, scaled by the type factor of the layer's component.
+
+Which loss: with labels, the per-image cross-entropy (empirical Fisher). Without labels, the KL divergence to
+the float model, whose second-order expansion around the float weights is ``1/2 dtheta^T F dtheta`` with
+``F`` the Fisher of the float model's own predictive distribution; we estimate that ``F`` by sampling one
+label per image from the float model's softmax and back-propagating its negative log-likelihood (Monte Carlo
+"true" Fisher). Gradients are taken on the float model (quantizers off).
+
+Cost: one forward and one backward pass per calibration batch. Parameter gradients are not materialised;
+hooks compute per-image weight gradients (one einsum per layer, the same MACs as a normal weight gradient),
+square them and accumulate, and multiply activation gradients with every candidate's activation error on the
+fly. The type factors ``alpha_t`` are then calibrated on a small subset: for each component type, the measured
+KL of quantizing all layers of that type at the reference bits divided by the predicted sum of their Omega
+(clamped to [0.05, 20]; 1 where the prediction is ~0). Type factors off (``type_aware=False``) means all 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .evaluate import predict_logits
+from .modules import QuantConv2d, QuantLayer, QuantLinear
+from .quantizers import FLOAT_BITS
+from .wrap import quant_layers, set_quant_enabled_
+
+__all__ = ["SensitivityTable", "compute_sensitivity", "measure_kl", "sensitivity_stage"]
+
+_ALPHA_RANGE = (0.05, 20.0)
+
+
+@dataclass
+class SensitivityTable:
+    """Omega per layer and bit-width (nats per image), component types and per-type factors.
+
+    ``weight[layer][bits]`` and ``act[layer][bits]`` are raw (unscaled) Omegas; ``omega(layer, w, a)`` applies
+    the type factor. Layers without weights (matmuls) have an empty ``weight`` entry.
+    """
+
+    components: dict[str, str]
+    weight: dict[str, dict[int, float]]
+    act: dict[str, dict[int, float]]
+    type_factors: dict[str, float] = field(default_factory=dict)
+    layer_factors: dict[str, float] = field(default_factory=dict)
+    loss: str = "kl"
+    reference_bits: tuple[int, int] = (4, 4)
+    measured_type_kl: dict[str, float] = field(default_factory=dict)
+
+    def omega(self, layer: str, wbits: int, abits: int, type_aware: bool = True) -> float:
+        """Predicted loss increase of layer ``layer`` at ``(wbits, abits)`` (16 = float contributes 0)."""
+        raw = (self.weight[layer].get(wbits, 0.0) if wbits < FLOAT_BITS and self.weight[layer] else 0.0)
+        raw += self.act[layer].get(abits, 0.0) if abits < FLOAT_BITS else 0.0
+        factor = self.type_factors.get(self.components[layer], 1.0) if type_aware else 1.0
+        return raw * factor * self.layer_factors.get(layer, 1.0)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (bit keys become strings)."""
+        return {
+            "components": self.components,
+            "weight": {k: {str(b): v for b, v in d.items()} for k, d in self.weight.items()},
+            "act": {k: {str(b): v for b, v in d.items()} for k, d in self.act.items()},
+            "type_factors": self.type_factors,
+            "layer_factors": self.layer_factors,
+            "loss": self.loss,
+            "reference_bits": list(self.reference_bits),
+            "measured_type_kl": self.measured_type_kl,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SensitivityTable:
+        return cls(
+            components=dict(data["components"]),
+            weight={k: {int(b): float(v) for b, v in d.items()} for k, d in data["weight"].items()},
+            act={k: {int(b): float(v) for b, v in d.items()} for k, d in data["act"].items()},
+            type_factors={k: float(v) for k, v in data.get("type_factors", {}).items()},
+            layer_factors={k: float(v) for k, v in data.get("layer_factors", {}).items()},
+            loss=data.get("loss", "kl"),
+            reference_bits=tuple(data.get("reference_bits", (4, 4))),
+            measured_type_kl={k: float(v) for k, v in data.get("measured_type_kl", {}).items()},
+        )
+
+
+class _FisherHooks:
+    """Forward/backward hooks accumulating squared per-image weight gradients and activation Omegas."""
+
+    def __init__(self, layers: dict[str, QuantLayer], abits: Sequence[int]) -> None:
+        self.layers = layers
+        self.abits = [b for b in abits if b < FLOAT_BITS]
+        self.fisher: dict[str, torch.Tensor] = {}
+        self.act: dict[str, dict[int, float]] = {name: dict.fromkeys(self.abits, 0.0) for name in layers}
+        self.handles = [layer.register_forward_hook(self._forward_hook(name, layer)) for name, layer in layers.items()]
+
+    def _forward_hook(self, name: str, layer: QuantLayer):
+        quantizers = layer.activation_quantizers()
+
+        def hook(_module, inputs, output):
+            for index, x in enumerate(inputs):
+                if x.requires_grad:
+                    x.register_hook(self._act_grad_hook(name, quantizers[index], x.detach()))
+            if layer.has_weight and output.requires_grad:
+                output.register_hook(self._weight_grad_hook(name, layer, inputs[0].detach()))
+
+        return hook
+
+    def _act_grad_hook(self, name, quantizer, x):
+        def hook(grad):
+            g2 = grad.detach().float().pow(2)
+            for bits in self.abits:
+                err = (quantizer.quantize_at(x, bits) - x).pow(2)
+                self.act[name][bits] += 0.5 * float((g2 * err).sum())
+        return hook
+
+    def _weight_grad_hook(self, name, layer, x):
+        def hook(grad):
+            g = grad.detach().float()
+            if isinstance(layer, QuantConv2d):
+                cols = F.unfold(x.float(), layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+                cols = cols.transpose(1, 2)  # [B, T, C*k*k]
+                g = g.flatten(2).transpose(1, 2)  # [B, T, out]
+            else:
+                cols = x.float()
+                if cols.dim() == 2:
+                    cols, g = cols[:, None], g[:, None]
+                cols = cols.reshape(cols.shape[0], -1, cols.shape[-1])
+                g = g.reshape(g.shape[0], -1, g.shape[-1])
+            per_image = torch.einsum("bto,bti->boi", g, cols)
+            sq = per_image.pow(2).sum(0)
+            if name in self.fisher:
+                self.fisher[name] += sq
+            else:
+                self.fisher[name] = sq
+        return hook
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _per_image_loss(logits: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+    if labels is not None:
+        targets = labels.to(logits.device)
+    else:
+        probs = logits.detach().float().softmax(-1).cpu()
+        targets = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+@torch.no_grad()
+def measure_kl(
+    qmodel: nn.Module, images: torch.Tensor, float_logits: torch.Tensor, batch_size: int = 64
+) -> float:
+    """Mean KL(float || quantized) in nats per image of ``qmodel`` in its current state on ``images``."""
+    logits = predict_logits(qmodel, images, batch_size)
+    return F.kl_div(F.log_softmax(logits, 1), F.log_softmax(float_logits, 1), log_target=True,
+                    reduction="batchmean").item()
+
+
+def compute_sensitivity(
+    qmodel: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    candidate_wbits: Sequence[int] = (2, 3, 4, 5, 6, 8),
+    candidate_abits: Sequence[int] = (3, 4, 5, 6, 8),
+    type_aware: bool = True,
+    reference_bits: tuple[int, int] = (4, 4),
+    alpha_images: int = 32,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: Callable[[float], None] | None = None,
+) -> SensitivityTable:
+    """Fisher sensitivity table of a calibrated wrapped model.
+
+    images: [N,3,H,W] calibration images; labels: optional int64 [N] (cross-entropy instead of KL).
+    The model's bit settings and enable flags are restored afterwards.
+    """
+    layers = quant_layers(qmodel)
+    saved_flags = {n: (l.weight_quantizer.enabled if l.has_weight else None,
+                       [q.enabled for q in l.activation_quantizers()]) for n, l in layers.items()}
+    params = list(qmodel.parameters())
+    saved_grad = [p.requires_grad for p in params]
+    device = params[0].device
+    generator = torch.Generator().manual_seed(seed)
+    set_quant_enabled_(qmodel, False, False)
+    for p in params:
+        p.requires_grad_(False)
+    hooks = _FisherHooks(layers, candidate_abits)
+    n_images = len(images)
+    try:
+        for start in range(0, n_images, batch_size):
+            batch = images[start : start + batch_size].to(device).requires_grad_(True)
+            logits = qmodel(batch)
+            loss = _per_image_loss(logits, None if labels is None else labels[start : start + batch_size], generator)
+            loss.backward()
+            if progress:
+                progress(0.8 * min(start + batch_size, n_images) / n_images)
+    finally:
+        hooks.remove()
+        for p, flag in zip(params, saved_grad):
+            p.requires_grad_(flag)
+
+    weight: dict[str, dict[int, float]] = {}
+    act = {name: {b: v / n_images for b, v in d.items()} for name, d in hooks.act.items()}
+    with torch.no_grad():
+        for name, layer in layers.items():
+            weight[name] = {}
+            if not layer.has_weight or name not in hooks.fisher:
+                continue
+            fisher = hooks.fisher[name].reshape(layer.weight.shape) / n_images
+            w = layer.weight.detach().float()
+            for bits in candidate_wbits:
+                if bits >= FLOAT_BITS:
+                    continue
+                err = (layer.weight_quantizer.quantize_at(w, bits) - w).pow(2)
+                weight[name][bits] = 0.5 * float((fisher * err).sum())
+    table = SensitivityTable(
+        components={n: l.component for n, l in layers.items()}, weight=weight, act=act,
+        loss="cross_entropy" if labels is not None else "kl", reference_bits=reference_bits,
+    )
+    if type_aware:
+        _calibrate_type_factors(qmodel, table, images[:alpha_images], reference_bits, batch_size)
+    for name, (wflag, aflags) in saved_flags.items():
+        layer = layers[name]
+        if layer.has_weight:
+            layer.weight_quantizer.enabled = wflag
+        for q, flag in zip(layer.activation_quantizers(), aflags):
+            q.enabled = flag
+    if progress:
+        progress(1.0)
+    return table
+
+
+def _nearest(bits: int, available: Sequence[int]) -> int:
+    return min(available, key=lambda b: (abs(b - bits), b))
+
+
+def _calibrate_type_factors(qmodel, table: SensitivityTable, images, reference_bits, batch_size) -> None:
+    layers = quant_layers(qmodel)
+    saved_bits = {n: (l.wbits, l.abits) for n, l in layers.items()}
+    set_quant_enabled_(qmodel, False, False)
+    float_logits = predict_logits(qmodel, images, batch_size)
+    ref_w, ref_a = reference_bits
+    for component in sorted(set(table.components.values())):
+        members = [n for n, c in table.components.items() if c == component]
+        predicted = 0.0
+        for name in members:
+            layer = layers[name]
+            w = _nearest(ref_w, list(table.weight[name])) if table.weight[name] else FLOAT_BITS
+            a = _nearest(ref_a, list(table.act[name]))
+            predicted += table.omega(name, w, a, type_aware=False)
+            layer.set_bits(w if layer.has_weight else None, a)
+            layer.set_quant_enabled(True, True)
+        measured = measure_kl(qmodel, images, float_logits, batch_size)
+        for name in members:
+            layers[name].set_quant_enabled(False, False)
+        table.measured_type_kl[component] = measured
+        if predicted <= 1e-12 or measured <= 0:
+            table.type_factors[component] = 1.0
+        else:
+            ratio = measured / predicted
+            table.type_factors[component] = float(min(max(ratio, _ALPHA_RANGE[0]), _ALPHA_RANGE[1]))
+    for name, (w, a) in saved_bits.items():
+        layers[name].set_bits(w if layers[name].has_weight else None, a)
+
+
+def sensitivity_stage(qmodel, float_model, calib, config, progress) -> dict:
+    """Pipeline stage: the sensitivity table of ``qmodel`` on the calibration images, as a JSON-able dict."""
+    method = config.method
+    table = compute_sensitivity(
+        qmodel, calib.images, calib.labels,
+        candidate_wbits=method.candidate_wbits, candidate_abits=method.candidate_abits,
+        type_aware=method.type_aware, batch_size=min(config.data.batch_size, 32), seed=config.seed,
+        progress=progress,
+    )
+    del float_model
+    return {"table": table.to_dict(), "type_aware": method.type_aware, "images": len(calib)}
+
