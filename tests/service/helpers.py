@@ -1,0 +1,61 @@
+"""Small builders shared by the service tests: safetensors payloads and tiny models."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from typing import Any
+
+import torch
+from safetensors.torch import save
+
+#: A 1-block ViT small enough to build in milliseconds; img 32x32, 10 classes.
+TINY_VIT = "vit_tiny_patch16_224"
+TINY_VIT_KWARGS: dict[str, Any] = {
+    "img_size": 32,
+    "patch_size": 8,
+    "embed_dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "num_classes": 10,
+}
+
+
+def images_bytes(
+    n: int = 8, size: int = 32, *, labels: bool = True, channels: int = 3, seed: int = 0
+) -> bytes:
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {"images": torch.randn(n, channels, size, size, generator=generator)}
+    if labels:
+        tensors["labels"] = torch.randint(0, 10, (n,), generator=generator)
+    return save(tensors)
+
+
+def tiny_vit_weights(**overrides: Any) -> bytes:
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(TINY_VIT, pretrained=False, **{**TINY_VIT_KWARGS, **overrides})
+    return save({k: v.contiguous() for k, v in model.state_dict().items()})
+
+
+def torch_checkpoint_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.zeros(3)}, buffer)
+    return buffer.getvalue()
+
+
+def raw_pickle_bytes() -> bytes:
+    return pickle.dumps({"weight": [0.0, 1.0]}, protocol=4)
+
+
+def upload(
+    client: Any,
+    headers: dict[str, str],
+    payload: bytes,
+    *,
+    name: str = "x.safetensors",
+    kind: str | None = None,
+) -> Any:
+    data = {"kind": kind} if kind else None
+    return client.post("/v1/artifacts", headers=headers, files={"file": (name, payload)}, data=data)
