@@ -80,6 +80,7 @@ def add_quantize_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--output", default=None, help="folder to write the quantized bundle to")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (QDQ) into --output")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_quantize)
 
@@ -103,7 +104,7 @@ def _build_config(args):
             iterative_rounds=args.iterative_rounds, reconstruct=_RECONSTRUCT_ALIASES[args.reconstruct],
             reconstruct_iters=args.iters, reconstruct_rank=args.rank,
         ),
-        seed=args.seed, device=args.device,
+        seed=args.seed, device=args.device, export_onnx=args.onnx,
     )
 
 
@@ -157,6 +158,9 @@ def run_quantize(args) -> int:
     """Execute ``mpq quantize`` for parsed ``args``; returns the exit code (2 for bad input)."""
     from .pipeline import PipelineInputError, run_pipeline
 
+    if args.onnx and not args.output:
+        print("mpq quantize: --onnx needs --output DIR", file=sys.stderr)
+        return 2
     try:
         config = _build_config(args)
     except ValueError as exc:

@@ -122,3 +122,4 @@ class PipelineConfig(_Frozen):
     method: MethodSpec = Field(default_factory=MethodSpec)
     seed: int = 0
     device: str = "auto"
+    export_onnx: bool = False

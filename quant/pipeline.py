@@ -320,13 +320,22 @@ def run_pipeline(
         if artifact_dir is None:
             return {"skipped": True, "reason": "no output folder"}
         from .bundle import save_bundle
+        from .report_html import write_report_html
 
         recipe = PTQ_METHODS[method.quantizer]
         report = {"config": config.model_dump(mode="json"), **result.to_dict(),
                   "reparam": [asdict(r) for r in reparam_reports]}
         save_bundle(qmodel, artifact_dir, model_spec=config.model.model_dump(),
                     recipe={"softmax": recipe.softmax, "minmax": recipe.minmax}, report=report)
-        return {"path": str(artifact_dir)}
+        files = ["model.safetensors", "quant_config.json", "report.json"]
+        write_report_html(report, artifact_dir / "report.html")
+        files.append("report.html")
+        if config.export_onnx:
+            from .onnx_export import export_onnx
+
+            export_onnx(qmodel, artifact_dir / "model.onnx", input_shape)
+            files.append("model.onnx")
+        return {"path": str(artifact_dir), "files": files}
 
     run.stage("export", export_stage)
     result.timings = {name: float(out.get("seconds", 0.0)) for name, out in run.outputs.items()}
