@@ -5,6 +5,8 @@ Maps the pipeline's :class:`PipelineInputError` to the service's 422 so route ha
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from quant.config import PipelineConfig
@@ -33,11 +35,40 @@ def input_error_to_dict(exc: Exception) -> dict[str, Any]:
     }
 
 
+#: Configurations that passed validation. Artifact paths are content-addressed (the path names the bytes) and
+#: built-in models and data are immutable, so a config that passed once passes again; image folders can change
+#: and are never cached.
+_VALIDATED: OrderedDict[str, None] = OrderedDict()
+_VALIDATED_MAX = 512
+_VALIDATED_LOCK = threading.Lock()
+
+
+def _cache_key(config: PipelineConfig) -> str | None:
+    sources = (config.data.source, config.data.eval_source or "")
+    if any(source.startswith("folder:") for source in sources):
+        return None
+    return config.model_dump_json()
+
+
 def validate(config: PipelineConfig) -> None:
-    """Run the pipeline's fast checks; 422 with its code, message and details when the user must fix something."""
+    """Run the pipeline's fast checks; 422 with its code, message and details when the user must fix something.
+
+    Successful validations are remembered (see ``_VALIDATED``) so resubmitting the same job is cheap.
+    """
+    key = _cache_key(config)
+    if key is not None:
+        with _VALIDATED_LOCK:
+            if key in _VALIDATED:
+                _VALIDATED.move_to_end(key)
+                return
     pipeline = pipeline_module()
     try:
         pipeline.validate_config(config)
     except pipeline.PipelineInputError as exc:
         error = input_error_to_dict(exc)
         raise UnprocessableEntity(error["message"], code=error["code"], details=error["details"]) from exc
+    if key is not None:
+        with _VALIDATED_LOCK:
+            _VALIDATED[key] = None
+            while len(_VALIDATED) > _VALIDATED_MAX:
+                _VALIDATED.popitem(last=False)

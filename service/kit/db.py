@@ -93,8 +93,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
-        # A pool of SQLite connections gains little and keeps file handles open across fork/spawn.
-        kwargs.setdefault("poolclass", NullPool)
+        if database in ("", ":memory:"):
+            kwargs.setdefault("poolclass", NullPool)
+        else:  # pooled connections skip the connect + PRAGMA cost on every request; workers are exec'd, not forked
+            kwargs.setdefault("pool_size", 10)
+            kwargs.setdefault("max_overflow", 40)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -1,0 +1,226 @@
+"""End to end over real HTTP: ``mpq serve`` (uvicorn + embedded worker process) on SQLite and PostgreSQL.
+
+Upload the built-in ViT's weights and calibration/evaluation images, run a mixed-precision job to completion,
+download the bundle, rebuild it with ``quant.load_quantized`` and reproduce the reported metrics; then
+reallocate with a new budget and see the new job finish without running a sensitivity stage. A restart test
+SIGKILLs the server while a job runs and checks that the restarted server completes it from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.client import MPQClient
+
+from .conftest import drop_pg_schema, make_pg_schema_url
+from .server import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+CALIB_IMAGES = 32
+EVAL_IMAGES = 64
+
+
+@pytest.fixture(scope="module")
+def vit_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The built-in ViT as a timm architecture + weights file, and small calibration/evaluation image files."""
+    from quant.data import ImageSet, load_dataset, save_imageset
+    from quant.models import builtin_spec
+
+    spec = builtin_spec("vit-digits")
+    weights = Path(__import__("quant").__file__).resolve().parent / "builtin" / "assets" / spec["weights"]
+    root = tmp_path_factory.mktemp("inputs")
+    calib = load_dataset("builtin:digits", split="calib", model_name="builtin:vit-digits")
+    test = load_dataset("builtin:digits", split="test", model_name="builtin:vit-digits")
+    save_imageset(root / "calib.safetensors", ImageSet(calib.images[:CALIB_IMAGES]))
+    save_imageset(root / "eval.safetensors", ImageSet(test.images[:EVAL_IMAGES], test.labels[:EVAL_IMAGES]))
+    return {
+        "arch": spec["arch"],
+        "arch_kwargs": spec["arch_kwargs"],
+        "weights": weights,
+        "calib": root / "calib.safetensors",
+        "eval": root / "eval.safetensors",
+    }
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mpq.db'}"
+        return
+    url, schema = make_pg_schema_url(request.getfixturevalue("pg_server"))
+    yield url
+    drop_pg_schema(schema)
+
+
+def _server(database_url: str, tmp_path: Path) -> ServerProcess:
+    server = ServerProcess(database_url, tmp_path, MPQ_WORKER_THREADS=str(max(1, (os.cpu_count() or 2) - 1)))
+    server.start()
+    assert server.api_key, f"mpq serve did not print a generated key:\n{server.log_tail()}"
+    return server
+
+
+def _job_spec(ids: dict[str, str], inputs: dict[str, Any], **method: Any) -> dict[str, Any]:
+    return {
+        "name": "e2e",
+        "model": {
+            "name": inputs["arch"],
+            "arch_kwargs": inputs["arch_kwargs"],
+            "weights_artifact_id": ids["weights"],
+        },
+        "data": {
+            "artifact_id": ids["calib"],
+            "eval_artifact_id": ids["eval"],
+            "num_calibration": CALIB_IMAGES,
+            "batch_size": CALIB_IMAGES,
+        },
+        "method": {"quantizer": "minmax", "candidate_wbits": [4, 8], "candidate_abits": [8], **method},
+        "seed": 0,
+        "device": "cpu",
+    }
+
+
+def _upload_inputs(client: MPQClient, inputs: dict[str, Any]) -> dict[str, str]:
+    ids = {
+        "weights": client.upload(inputs["weights"])["id"],
+        "calib": client.upload(inputs["calib"])["id"],
+        "eval": client.upload(inputs["eval"])["id"],
+    }
+    return ids
+
+
+def _reproduce_metrics(bundle: Path, inputs: dict[str, Any], metrics: dict[str, Any]) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from quant import load_quantized
+    from quant.evaluate import compare_logits, predict_logits
+    from quant.models import build_model
+
+    data = load_file(str(inputs["eval"]))
+    qmodel = load_quantized(bundle).eval()
+    fmodel = build_model(inputs["arch"], dict(inputs["arch_kwargs"]), str(inputs["weights"])).eval()
+    with torch.no_grad():
+        quant_logits = predict_logits(qmodel, data["images"], CALIB_IMAGES)
+        float_logits = predict_logits(fmodel, data["images"], CALIB_IMAGES)
+    measured = compare_logits(float_logits, quant_logits, data["labels"])
+    assert measured["top1"] == pytest.approx(metrics["quantized"]["top1"], abs=1e-9)
+    assert measured["float_top1"] == pytest.approx(metrics["float"]["top1"], abs=1e-9)
+    assert measured["agreement"] == pytest.approx(metrics["quantized"]["agreement"], abs=1e-9)
+    assert measured["kl"] == pytest.approx(metrics["quantized"]["kl"], rel=1e-4, abs=1e-7)
+
+
+def test_mixed_precision_job_end_to_end(
+    database_url: str, tmp_path: Path, vit_inputs: dict[str, Any]
+) -> None:
+    server = _server(database_url, tmp_path)
+    try:
+        with MPQClient(server.url, server.api_key) as client:
+            ids = _upload_inputs(client, vit_inputs)
+            job = client.create_job(_job_spec(ids, vit_inputs, budgets={"wbits": 6.0}))
+            assert job["status"] == "queued"
+            seen: list[tuple[str, float, str | None]] = []
+            job = client.wait(
+                job["id"],
+                timeout=300,
+                interval=0.2,
+                on_update=lambda j: seen.append((j["status"], j["progress"], j["stage"])),
+            )
+            assert job["status"] == "succeeded", (job["error"], server.log_tail())
+            assert job["progress"] == 1.0 and job["attempts"] == 1
+            running = [entry for entry in seen if entry[0] == "running"]
+            assert running, "the job was never observed running"
+            progress = [entry[1] for entry in running]
+            assert progress == sorted(progress), "progress must not go backwards"
+            stages = {stage["name"]: stage for stage in job["stages"]}
+            for name in ("load", "sensitivity", "allocate", "evaluate", "export"):
+                stage = stages[name]
+                assert stage["status"] == "finished", stage
+                assert (
+                    stage["started_at"]
+                    and stage["finished_at"]
+                    and stage["started_at"] <= stage["finished_at"]
+                )
+                assert stage["output"] is not None
+            assert stages["reconstruct"]["status"] == "skipped"
+
+            report = client.report(job["id"])
+            wbits = {layer["wbits"] for layer in report["layers"]}
+            assert wbits <= {4, 8, 16} and {4, 8} <= wbits, f"expected a mix of 4 and 8 bits, got {wbits}"
+            metrics = report["result"]["metrics"]
+            assert metrics["bits"]["weights_avg"] <= 6.0 + 1e-6
+            assert job["metrics"] == metrics
+
+            bundle = client.download(job["id"], tmp_path / "bundle")
+            assert {"model.safetensors", "quant_config.json", "report.json"} <= {
+                p.name for p in bundle.iterdir()
+            }
+            _reproduce_metrics(bundle, vit_inputs, metrics)
+
+            child = client.reallocate(job["id"], {"wbits": 5.0})
+            assert child["parent_id"] == job["id"]
+            child = client.wait(child["id"], timeout=300, interval=0.2)
+            assert child["status"] == "succeeded", (child["error"], server.log_tail())
+            child_stages = {stage["name"]: stage for stage in child["stages"]}
+            sensitivity = child_stages["sensitivity"]
+            assert sensitivity["status"] == "reused" and sensitivity["reused_from"] == job["id"]
+            assert sensitivity["started_at"] is None and sensitivity["finished_at"] is None
+            assert sensitivity["output"] == stages["sensitivity"]["output"]
+            assert child_stages["allocate"]["status"] == "finished"
+            child_metrics = client.report(child["id"])["result"]["metrics"]
+            assert child_metrics["bits"]["weights_avg"] <= 5.0 + 1e-6
+            assert child_metrics["bits"]["weights_avg"] < metrics["bits"]["weights_avg"]
+            _reproduce_metrics(client.download(child["id"], tmp_path / "child"), vit_inputs, child_metrics)
+
+            listed = client.list_jobs(status="succeeded")
+            assert {j["id"] for j in listed["data"]} == {job["id"], child["id"]}
+    finally:
+        server.stop()
+
+
+def test_server_killed_mid_job_resumes_after_restart(tmp_path: Path, vit_inputs: dict[str, Any]) -> None:
+    server = _server(f"sqlite:///{tmp_path / 'mpq.db'}", tmp_path)
+    try:
+        with MPQClient(server.url, server.api_key) as client:
+            ids = _upload_inputs(client, vit_inputs)
+            job = client.create_job(
+                _job_spec(ids, vit_inputs, budgets={"wbits": 6.0}, reconstruct="mse", reconstruct_iters=40)
+            )
+            deadline = time.monotonic() + 300
+            while True:  # wait until at least one stage is checkpointed and a later one is running
+                current = client.get_job(job["id"])
+                finished = [s for s in current["stages"] if s["status"] == "finished"]
+                if current["status"] == "running" and finished and current["stage"] not in (None, "load"):
+                    break
+                assert current["status"] in ("queued", "running"), current
+                assert time.monotonic() < deadline, "job never got past its first stage"
+                time.sleep(0.1)
+            workers = server.worker_pids()
+            checkpoint = {s["name"]: s["finished_at"] for s in finished}
+        server.kill()
+        killed_at = dt.datetime.now(dt.UTC)
+        time.sleep(1.0)
+        for pid in workers:  # the embedded worker died with its server
+            assert (
+                not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+            )
+
+        server.start()
+        with MPQClient(server.url, server.api_key) as client:
+            job = client.wait(job["id"], timeout=300, interval=0.2)
+            assert job["status"] == "succeeded", (job["error"], server.log_tail())
+            assert job["attempts"] == 2
+            stages = {s["name"]: s for s in job["stages"]}
+            for name, finished_at in checkpoint.items():  # checkpointed stages were not run again
+                assert stages[name]["finished_at"] == finished_at
+                assert dt.datetime.fromisoformat(finished_at) < killed_at
+            assert all(s["status"] in ("finished", "skipped") for s in job["stages"])
+    finally:
+        server.stop()
