@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     data_root: Path | None = None
     #: Celery broker (``redis://...`` or ``amqp://...``). Empty: jobs run in the embedded worker process.
     broker_url: str = ""
+    #: Celery queue the API sends jobs to and ``mpq worker`` consumes.
+    celery_queue: str = "quantize"
+    #: Seconds an unacknowledged job message stays invisible on Redis before redelivery (longer than any job).
+    broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=60)
     #: Largest accepted upload, in bytes (413 beyond it).
     max_upload_bytes: int = Field(default=1 << 30, ge=1)
     #: Run ``alembic upgrade head`` when the API starts; when false, refuse to start on an outdated schema.

@@ -37,7 +37,7 @@ def _service(request: Request, session: SessionDep, settings: SettingsDep) -> Jo
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
-    responses=error_responses(404, 409),
+    responses=error_responses(404, 409, 503),
     summary="Submit a quantization job",
 )
 def create_job(
@@ -129,7 +129,7 @@ def download_artifact(
     "/{job_id}/reallocate",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
-    responses=error_responses(404, 409),
+    responses=error_responses(404, 409, 503),
 )
 def reallocate_job(
     job_id: uuid.UUID,

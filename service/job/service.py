@@ -19,7 +19,7 @@ from service.job import pipeline
 from service.job.config import build_pipeline_config
 from service.job.repository import JobRepository
 from service.job.schemas import JobCreate, ReallocateRequest
-from service.kit.errors import Conflict, NotFound, UnprocessableEntity
+from service.kit.errors import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
 from service.models import Artifact, ArtifactKind, Job, JobLayer, JobStatus, Tenant
 from service.models.job import TERMINAL_STATUSES
 from service.settings import Settings
@@ -122,7 +122,22 @@ class JobService:
         )
         self.jobs.add(job, reused=reused)
         self.session.commit()
-        self.dispatcher.enqueue(job.id)
+        try:
+            self.dispatcher.enqueue(job.id)
+        except Exception as exc:
+            job.status = JobStatus.FAILED
+            job.error = {
+                "code": "enqueue_failed",
+                "message": f"could not reach the job queue: {exc}",
+                "details": {},
+            }
+            job.message = job.error["message"]
+            self.session.commit()
+            raise ServiceUnavailable(
+                "the job queue is unreachable; the job was not started",
+                code="queue_unavailable",
+                details={"job_id": str(job.id)},
+            ) from exc
         return job
 
     def create(self, tenant: Tenant, spec: JobCreate) -> Job:
