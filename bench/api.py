@@ -1,0 +1,217 @@
+"""API latency under load: job creation and status polling with N concurrent clients while a job runs.
+
+Starts ``mpq serve`` (API + embedded worker) on a fresh SQLite database (or ``--database-url``), submits one
+long mixed-precision job that keeps the embedded worker busy, then measures:
+
+- ``POST /v1/jobs``: every client submits jobs back to back (the queued ones are cancelled afterwards);
+- ``GET /v1/jobs/{id}``: every client polls the running job's status back to back (``--think`` adds a pause).
+
+Prints p50/p95/p99 per operation. Target: p99 < 100 ms for status polls. Usage::
+
+    python bench/api.py --clients 50 --duration 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+BACKGROUND_JOB = {
+    "name": "bench-background",
+    "model": {"name": "builtin:vit-digits"},
+    "data": {"builtin": "builtin:digits", "num_calibration": 128, "batch_size": 32},
+    "method": {"budgets": {"wbits": 4.5}, "reconstruct": "fisher_dplr", "reconstruct_iters": 5000},
+    "device": "cpu",
+}
+CREATED_JOB = {
+    "name": "bench-create",
+    "model": {"name": "builtin:vit-digits"},
+    "data": {"builtin": "builtin:digits", "num_calibration": 32, "batch_size": 32},
+    "method": {"wbits": 4, "abits": 8},
+    "device": "cpu",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def _create_phase(
+    url: str, key: str, clients: int, per_client: int
+) -> tuple[list[float], list[str], int]:
+    latencies: list[float] = []
+    created: list[str] = []
+    errors = 0
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, timeout=60, limits=httpx.Limits(max_connections=clients)
+    ) as client:
+
+        async def one_client() -> None:
+            nonlocal errors
+            for _ in range(per_client):
+                start = time.perf_counter()
+                response = await client.post("/v1/jobs", json=CREATED_JOB)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code == 202:
+                    created.append(response.json()["id"])
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        for job_id in created:  # keep the worker on the background job
+            await client.post(f"/v1/jobs/{job_id}/cancel")
+    return latencies, created, errors
+
+
+async def _poll_phase(
+    url: str, key: str, job_id: str, clients: int, duration: float, think: float
+) -> tuple[list[float], int, set[str]]:
+    latencies: list[float] = []
+    errors = 0
+    statuses: set[str] = set()
+    headers = {"Authorization": f"Bearer {key}"}
+    deadline = time.monotonic() + duration
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, timeout=60, limits=httpx.Limits(max_connections=clients)
+    ) as client:
+
+        async def one_client() -> None:
+            nonlocal errors
+            while time.monotonic() < deadline:
+                start = time.perf_counter()
+                response = await client.get(f"/v1/jobs/{job_id}")
+                latencies.append(time.perf_counter() - start)
+                if response.status_code == 200:
+                    statuses.add(response.json()["status"])
+                else:
+                    errors += 1
+                if think:
+                    await asyncio.sleep(think)
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+    return latencies, errors, statuses
+
+
+def _row(name: str, latencies: list[float], errors: int, seconds: float) -> str:
+    ms = [value * 1000 for value in latencies]
+    return (
+        f"| {name:<22} | {len(ms):>8} | {errors:>6} | {statistics.median(ms):>8.1f} | {_percentile(ms, 95):>8.1f} "
+        f"| {_percentile(ms, 99):>8.1f} | {max(ms):>8.1f} | {len(ms) / seconds:>7.0f} |"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of status polling")
+    parser.add_argument("--creates", type=int, default=4, help="job creations per client")
+    parser.add_argument("--think", type=float, default=0.0, help="pause between a client's polls (seconds)")
+    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="mpq-bench-"))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "MPQ_DATABASE_URL": args.database_url or f"sqlite:///{root / 'mpq.db'}",
+        "MPQ_ARTIFACT_DIR": str(root / "artifacts"),
+        "MPQ_LOG_LEVEL": "warning",
+    }
+    log = (root / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise SystemExit(f"server did not start; log in {root / 'server.log'}")
+        match = re.search(r"MPQ_API_KEY=(\S+)", (root / "server.log").read_text())
+        if match is None:
+            raise SystemExit("no generated key printed (database already had keys?)")
+        key = match.group(1)
+        headers = {"Authorization": f"Bearer {key}"}
+        response = httpx.post(f"{url}/v1/jobs", json=BACKGROUND_JOB, headers=headers, timeout=120)
+        response.raise_for_status()
+        job_id = response.json()["id"]
+        for _ in range(600):
+            job = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()
+            if job["status"] == "running" and job["stage"] not in (None, "load"):
+                break
+            if job["status"] not in ("queued", "running"):
+                raise SystemExit(f"background job ended early: {job['status']} {job['error']}")
+            time.sleep(0.5)
+        start = time.perf_counter()
+        create_lat, _created, create_errors = asyncio.run(_create_phase(url, key, args.clients, args.creates))
+        create_seconds = time.perf_counter() - start
+        progress_before = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["progress"]
+        start = time.perf_counter()
+        poll_lat, poll_errors, statuses = asyncio.run(
+            _poll_phase(url, key, job_id, args.clients, args.duration, args.think)
+        )
+        poll_seconds = time.perf_counter() - start
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()
+        print(
+            f"\nmpq API latency, {args.clients} concurrent clients, {os.cpu_count()} CPU cores, "
+            f"database {env['MPQ_DATABASE_URL'].split(':')[0]}, think time {args.think:g}s"
+        )
+        print(
+            f"background job during polling: statuses seen {sorted(statuses)}, stage {job['stage']}, "
+            f"progress {progress_before:.3f} -> {job['progress']:.3f}\n"
+        )
+        print(
+            "| operation              | requests | errors | p50 (ms) | p95 (ms) | p99 (ms) | max (ms) |   req/s |"
+        )
+        print(
+            "|------------------------|---------:|-------:|---------:|---------:|---------:|---------:|--------:|"
+        )
+        print(_row("POST /v1/jobs", create_lat, create_errors, create_seconds))
+        print(_row("GET /v1/jobs/{id}", poll_lat, poll_errors, poll_seconds))
+        p99 = _percentile([v * 1000 for v in poll_lat], 99)
+        print(f"\nstatus-poll p99 {p99:.1f} ms: {'meets' if p99 < 100 else 'misses'} the 100 ms target")
+        httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers=headers)
+        return 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
