@@ -60,7 +60,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(f"mpq: serving on http://{settings.host}:{settings.port} (docs at /docs)", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+    )
     return 0
 
 

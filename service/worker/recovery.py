@@ -13,6 +13,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,14 +29,18 @@ MAX_ATTEMPTS = 3
 
 
 def pid_alive(pid: int) -> bool:
-    """True when a process with this pid exists on this host."""
+    """True when a process with this pid exists on this host and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def _recover(

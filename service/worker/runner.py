@@ -64,34 +64,49 @@ def write_bundle(output_dir: Path, bundle: Path) -> tuple[str, int]:
     return digest.hexdigest(), bundle.stat().st_size
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _layer_sensitivity(
+    table: dict[str, Any], name: str, wbits: int | None, abits: int | None
+) -> float | None:
+    """Predicted loss increase of a layer at its chosen bits from the sensitivity table
+    (``table.weight[layer][wbits] + table.act[layer][abits]``; a missing side counts as 0)."""
+    weight = (table.get("weight") or {}).get(name) or {}
+    act = (table.get("act") or {}).get(name) or {}
+    parts = [
+        _number(weight.get(str(wbits))) if weight else None,
+        _number(act.get(str(abits))) if act else None,
+    ]
+    known = [part for part in parts if part is not None]
+    return sum(known) if known else None
+
+
 def _layers(job_id: uuid.UUID, result: dict[str, Any]) -> list[JobLayer]:
-    """Per-layer rows from the result's ``allocation`` (``{layer: {"wbits", "abits", ...}}``)."""
+    """Per-layer rows from the result's ``allocation`` (``{layer: {"wbits", "abits", ...}}``) and sensitivity."""
     allocation = result.get("allocation") or {}
     sensitivity = result.get("sensitivity") or {}
-    per_layer_sensitivity = sensitivity.get("layers", sensitivity) if isinstance(sensitivity, dict) else {}
+    table = sensitivity.get("table") if isinstance(sensitivity, dict) else None
+    table = table if isinstance(table, dict) else {}
+    components = table.get("components") or {}
     rows = []
     for position, (name, entry) in enumerate(allocation.items()):
         entry = entry if isinstance(entry, dict) else {}
-
-        def _int(key: str, entry: dict[str, Any] = entry) -> int | None:
-            value = entry.get(key)
-            return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-        value = entry.get("sensitivity")
-        if not isinstance(value, int | float):
-            candidate = per_layer_sensitivity.get(name) if isinstance(per_layer_sensitivity, dict) else None
-            value = candidate if isinstance(candidate, int | float) else None
-        details = {key: item for key, item in entry.items() if key not in {"wbits", "abits", "sensitivity"}}
+        wbits, abits = _number(entry.get("wbits")), _number(entry.get("abits"))
+        wbits_int = int(wbits) if wbits is not None else None
+        abits_int = int(abits) if abits is not None else None
+        details = {key: item for key, item in entry.items() if key not in {"wbits", "abits"}}
+        if name in components:
+            details.setdefault("component", components[name])
         rows.append(
             JobLayer(
                 job_id=job_id,
                 name=str(name)[:200],
                 position=position,
-                wbits=_int("wbits"),
-                abits=_int("abits"),
-                sensitivity=float(value)
-                if isinstance(value, int | float) and not isinstance(value, bool)
-                else None,
+                wbits=wbits_int,
+                abits=abits_int,
+                sensitivity=_layer_sensitivity(table, name, wbits_int, abits_int),
                 details=jsonable(details),
             )
         )
