@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import signal
@@ -58,31 +59,72 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+class _Connection:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams: the load generator shares the CPU with the
+    server on small machines, so it must cost far less per request than the server does."""
+
+    def __init__(self, host: str, port: int, key: str) -> None:
+        self.host, self.port = host, port
+        self.auth = f"Authorization: Bearer {key}\r\n"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.auth}"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        reader = self.reader
+        status = int((await reader.readline()).split()[1])
+        length, chunked = 0, False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "transfer-encoding" and "chunked" in value:
+                chunked = True
+        if not chunked:
+            return status, await reader.readexactly(length)
+        data = b""
+        while (size := int((await reader.readline()).strip(), 16)) > 0:
+            data += await reader.readexactly(size + 2)
+        await reader.readline()
+        return status, data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def _create_phase(
     url: str, key: str, clients: int, per_client: int
 ) -> tuple[list[float], list[str], int]:
     latencies: list[float] = []
     created: list[str] = []
     errors = 0
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, timeout=60, limits=httpx.Limits(max_connections=clients)
-    ) as client:
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps(CREATED_JOB).encode()
 
-        async def one_client() -> None:
-            nonlocal errors
-            for _ in range(per_client):
-                start = time.perf_counter()
-                response = await client.post("/v1/jobs", json=CREATED_JOB)
-                latencies.append(time.perf_counter() - start)
-                if response.status_code == 202:
-                    created.append(response.json()["id"])
-                else:
-                    errors += 1
+    async def one_client() -> None:
+        nonlocal errors
+        connection = _Connection(host, int(port), key)
+        for _ in range(per_client):
+            start = time.perf_counter()
+            status, data = await connection.request("POST", "/v1/jobs", body)
+            latencies.append(time.perf_counter() - start)
+            if status == 202:
+                created.append(json.loads(data)["id"])
+            else:
+                errors += 1
+        await connection.close()
 
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        for job_id in created:  # keep the worker on the background job
-            await client.post(f"/v1/jobs/{job_id}/cancel")
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    connection = _Connection(host, int(port), key)
+    for job_id in created:  # keep the worker on the background job
+        await connection.request("POST", f"/v1/jobs/{job_id}/cancel")
+    await connection.close()
     return latencies, created, errors
 
 
@@ -92,26 +134,27 @@ async def _poll_phase(
     latencies: list[float] = []
     errors = 0
     statuses: set[str] = set()
-    headers = {"Authorization": f"Bearer {key}"}
+    host, port = url.removeprefix("http://").split(":")
     deadline = time.monotonic() + duration
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, timeout=60, limits=httpx.Limits(max_connections=clients)
-    ) as client:
 
-        async def one_client() -> None:
-            nonlocal errors
-            while time.monotonic() < deadline:
-                start = time.perf_counter()
-                response = await client.get(f"/v1/jobs/{job_id}")
-                latencies.append(time.perf_counter() - start)
-                if response.status_code == 200:
-                    statuses.add(response.json()["status"])
-                else:
-                    errors += 1
-                if think:
-                    await asyncio.sleep(think)
+    async def one_client(index: int) -> None:
+        nonlocal errors
+        connection = _Connection(host, int(port), key)
+        if think:  # spread the clients over one poll interval
+            await asyncio.sleep(think * index / clients)
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            status, data = await connection.request("GET", f"/v1/jobs/{job_id}")
+            latencies.append(time.perf_counter() - start)
+            if status == 200:
+                statuses.add(json.loads(data)["status"])
+            else:
+                errors += 1
+            if think:
+                await asyncio.sleep(think)
+        await connection.close()
 
-        await asyncio.gather(*(one_client() for _ in range(clients)))
+    await asyncio.gather(*(one_client(i) for i in range(clients)))
     return latencies, errors, statuses
 
 

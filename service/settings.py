@@ -47,8 +47,10 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(default=1.0, gt=0)
     #: A running job whose heartbeat is older than this many seconds is considered orphaned and re-queued.
     heartbeat_timeout: float = Field(default=60.0, gt=0)
-    #: Torch intra-op threads in a worker (0: leave torch's default).
+    #: Torch intra-op threads in a worker (0: automatic; the embedded worker leaves one core to the API).
     worker_threads: int = Field(default=0, ge=0)
+    #: Niceness added to the embedded worker process so that the API stays responsive while jobs compute.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     #: Upper bound of the time limit a ``POST /v1/allocate`` request may ask for, in seconds.
     allocate_max_time_limit: float = Field(default=30.0, gt=0)
     #: Address ``mpq serve`` binds to (loopback by default) and port.

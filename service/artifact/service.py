@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 from service.artifact.inspection import check_kind, infer_kind, read_safetensors_header
 from service.artifact.repository import ArtifactRepository
 from service.artifact.storage import BlobStore
+from service.auth.service import CurrentTenant
 from service.kit.errors import NotFound
-from service.models import Artifact, ArtifactKind, Tenant
+from service.models import Artifact, ArtifactKind
 
 __all__ = ["ArtifactService"]
 
@@ -27,7 +28,13 @@ class ArtifactService:
         self.repository = ArtifactRepository(session)
 
     def upload(
-        self, tenant: Tenant, source: BinaryIO, *, filename: str, kind: ArtifactKind | None, max_bytes: int
+        self,
+        tenant: CurrentTenant,
+        source: BinaryIO,
+        *,
+        filename: str,
+        kind: ArtifactKind | None,
+        max_bytes: int,
     ) -> Artifact:
         """Check and store an uploaded safetensors file; the same content uploaded twice gives the same row.
 
@@ -67,7 +74,7 @@ class ArtifactService:
                 raise
         return artifact
 
-    def get(self, tenant: Tenant, artifact_id: uuid.UUID) -> Artifact:
+    def get(self, tenant: CurrentTenant, artifact_id: uuid.UUID) -> Artifact:
         """The tenant's artifact; 404 for unknown ids and other tenants' artifacts alike."""
         artifact = self.repository.get(tenant.id, artifact_id)
         if artifact is None:
@@ -75,7 +82,7 @@ class ArtifactService:
         return artifact
 
     def list(
-        self, tenant: Tenant, *, kind: ArtifactKind | None, limit: int, offset: int
+        self, tenant: CurrentTenant, *, kind: ArtifactKind | None, limit: int, offset: int
     ) -> tuple[list[Artifact], int]:
         return self.repository.list(tenant.id, kind=kind, limit=limit, offset=offset)
 

@@ -7,9 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.auth.service import authenticate
+from service.auth.service import CurrentTenant, authenticate
 from service.deps import SessionDep
-from service.models import Tenant
 
 __all__ = ["TenantDep", "get_tenant"]
 
@@ -20,9 +19,9 @@ def get_tenant(
     request: Request,
     session: SessionDep,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Tenant:
+) -> CurrentTenant:
     """Resolve the caller's tenant or raise 401 (``_credentials`` only declares the scheme in OpenAPI)."""
     return authenticate(session, request.headers.get("authorization"))
 
 
-TenantDep = Annotated[Tenant, Depends(get_tenant)]
+TenantDep = Annotated[CurrentTenant, Depends(get_tenant)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
 from service.auth.dependencies import TenantDep
@@ -21,7 +21,7 @@ from service.job.schemas import (
     StagePublic,
 )
 from service.job.service import JobService
-from service.kit.schemas import error_responses
+from service.kit.schemas import error_responses, json_response
 from service.models import JobStatus
 
 __all__ = ["router"]
@@ -42,10 +42,10 @@ def _service(request: Request, session: SessionDep, settings: SettingsDep) -> Jo
 )
 def create_job(
     body: JobCreate, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep
-) -> JobPublic:
+) -> Response:
     """Validate the request with the pipeline's checks (422 saying what to fix) and queue it."""
     job = _service(request, session, settings).create(tenant, body)
-    return JobPublic.model_validate(job)
+    return json_response(JobPublic.model_validate(job), status.HTTP_202_ACCEPTED)
 
 
 @router.get("", response_model=JobsPublic, responses=error_responses(), summary="List own jobs")
@@ -57,7 +57,7 @@ def list_jobs(
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
-) -> JobsPublic:
+) -> Response:
     """The caller's jobs, newest first, optionally only those with ``status``."""
     rows, total = _service(request, session, settings).list(tenant, status=status, limit=limit, offset=offset)
     return JobsPublic(
@@ -68,9 +68,9 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
 def get_job(
     job_id: uuid.UUID, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep
-) -> JobPublic:
+) -> Response:
     """Status, progress (0..1), current stage, and every stage with start/end time and output."""
-    return JobPublic.model_validate(_service(request, session, settings).get(tenant, job_id))
+    return json_response(JobPublic.model_validate(_service(request, session, settings).get(tenant, job_id)))
 
 
 @router.post(

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload
 
 from quant.config import STAGES
 from service.kit.db import utcnow
@@ -46,9 +46,9 @@ class JobRepository:
 
     def get(self, tenant_id: uuid.UUID, job_id: uuid.UUID, *, with_details: bool = True) -> Job | None:
         statement = select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
-        if with_details:
-            statement = statement.options(selectinload(Job.stages))
-        return self.session.scalar(statement)
+        if with_details:  # one round trip: the job and its six stage rows
+            statement = statement.options(joinedload(Job.stages))
+        return self.session.execute(statement).unique().scalar_one_or_none()
 
     def list(
         self, tenant_id: uuid.UUID, *, status: JobStatus | None, limit: int, offset: int

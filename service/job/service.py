@@ -15,12 +15,13 @@ from sqlalchemy.orm import Session
 
 from service.artifact.repository import ArtifactRepository
 from service.artifact.storage import BlobStore
+from service.auth.service import CurrentTenant
 from service.job import pipeline
 from service.job.config import build_pipeline_config
 from service.job.repository import JobRepository
 from service.job.schemas import JobCreate, ReallocateRequest
 from service.kit.errors import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
-from service.models import Artifact, ArtifactKind, Job, JobLayer, JobStatus, Tenant
+from service.models import Artifact, ArtifactKind, Job, JobLayer, JobStatus
 from service.models.job import TERMINAL_STATUSES
 from service.settings import Settings
 
@@ -52,7 +53,9 @@ class JobService:
         self.artifacts = ArtifactRepository(session)
 
     # ---- create --------------------------------------------------------------------------------------------
-    def _artifact(self, tenant: Tenant, artifact_id: uuid.UUID, field: str, kind: ArtifactKind) -> Artifact:
+    def _artifact(
+        self, tenant: CurrentTenant, artifact_id: uuid.UUID, field: str, kind: ArtifactKind
+    ) -> Artifact:
         artifact = self.artifacts.get(tenant.id, artifact_id)
         if artifact is None:
             raise NotFound(
@@ -73,7 +76,7 @@ class JobService:
             )
         return artifact
 
-    def _resolve(self, tenant: Tenant, spec: JobCreate) -> dict[str, Artifact]:
+    def _resolve(self, tenant: CurrentTenant, spec: JobCreate) -> dict[str, Artifact]:
         wanted = {
             "model.weights_artifact_id": (spec.model.weights_artifact_id, ArtifactKind.WEIGHTS),
             "data.artifact_id": (spec.data.artifact_id, ArtifactKind.IMAGES),
@@ -85,7 +88,7 @@ class JobService:
             if artifact_id is not None
         }
 
-    def _validate(self, tenant: Tenant, spec: JobCreate) -> dict[str, Artifact]:
+    def _validate(self, tenant: CurrentTenant, spec: JobCreate) -> dict[str, Artifact]:
         artifacts = self._resolve(tenant, spec)
         by_id = {artifact.id: artifact for artifact in artifacts.values()}
         config = build_pipeline_config(
@@ -98,7 +101,7 @@ class JobService:
 
     def _insert(
         self,
-        tenant: Tenant,
+        tenant: CurrentTenant,
         spec: JobCreate,
         artifacts: dict[str, Artifact],
         *,
@@ -140,13 +143,13 @@ class JobService:
             ) from exc
         return job
 
-    def create(self, tenant: Tenant, spec: JobCreate) -> Job:
+    def create(self, tenant: CurrentTenant, spec: JobCreate) -> Job:
         """Validate ``spec`` against the pipeline and queue it."""
         artifacts = self._validate(tenant, spec)
         return self._insert(tenant, spec, artifacts)
 
     # ---- read ----------------------------------------------------------------------------------------------
-    def get(self, tenant: Tenant, job_id: uuid.UUID) -> Job:
+    def get(self, tenant: CurrentTenant, job_id: uuid.UUID) -> Job:
         """The tenant's job; 404 for unknown ids and other tenants' jobs alike."""
         job = self.jobs.get(tenant.id, job_id)
         if job is None:
@@ -154,11 +157,11 @@ class JobService:
         return job
 
     def list(
-        self, tenant: Tenant, *, status: JobStatus | None, limit: int, offset: int
+        self, tenant: CurrentTenant, *, status: JobStatus | None, limit: int, offset: int
     ) -> tuple[list[Job], int]:
         return self.jobs.list(tenant.id, status=status, limit=limit, offset=offset)
 
-    def report(self, tenant: Tenant, job_id: uuid.UUID) -> tuple[Job, list[JobLayer]]:
+    def report(self, tenant: CurrentTenant, job_id: uuid.UUID) -> tuple[Job, list[JobLayer]]:
         """The result and per-layer bits of a succeeded job; 409 before that."""
         job = self.get(tenant, job_id)
         if job.status != JobStatus.SUCCEEDED or job.result is None:
@@ -169,7 +172,7 @@ class JobService:
             )
         return job, self.jobs.layers(job.id)
 
-    def bundle_path(self, tenant: Tenant, job_id: uuid.UUID) -> tuple[Job, Path]:
+    def bundle_path(self, tenant: CurrentTenant, job_id: uuid.UUID) -> tuple[Job, Path]:
         """The zip bundle of a succeeded job; 409 before that."""
         job = self.get(tenant, job_id)
         path = self.store.job_dir(job.id) / "bundle.zip"
@@ -186,7 +189,7 @@ class JobService:
         return job, path
 
     # ---- cancel --------------------------------------------------------------------------------------------
-    def cancel(self, tenant: Tenant, job_id: uuid.UUID) -> Job:
+    def cancel(self, tenant: CurrentTenant, job_id: uuid.UUID) -> Job:
         """Cancel a queued job at once, or ask a running job's worker to stop; 409 for finished jobs."""
         job = self.get(tenant, job_id)
         if job.status in TERMINAL_STATUSES:
@@ -208,7 +211,7 @@ class JobService:
         return job
 
     # ---- reallocate ----------------------------------------------------------------------------------------
-    def reallocate(self, tenant: Tenant, job_id: uuid.UUID, request: ReallocateRequest) -> Job:
+    def reallocate(self, tenant: CurrentTenant, job_id: uuid.UUID, request: ReallocateRequest) -> Job:
         """A new job with the parent's spec and a new budget, reusing the parent's sensitivity stage output."""
         parent = self.get(tenant, job_id)
         stage = self.jobs.stage(parent.id, "sensitivity")

@@ -78,7 +78,10 @@ class Base(DeclarativeBase):
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # WAL is a property of the file: switch only when needed (switching takes a lock and would make every new
+    # connection wait for a writer in the worker process).
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -96,8 +99,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if database in ("", ":memory:"):
             kwargs.setdefault("poolclass", NullPool)
         else:  # pooled connections skip the connect + PRAGMA cost on every request; workers are exec'd, not forked
-            kwargs.setdefault("pool_size", 10)
-            kwargs.setdefault("max_overflow", 40)
+            kwargs.setdefault("pool_size", 50)
+            kwargs.setdefault("max_overflow", 20)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Response
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ErrorBody", "ErrorResponse", "Schema", "error_responses"]
+__all__ = ["ErrorBody", "ErrorResponse", "Schema", "error_responses", "json_response"]
 
 
 class Schema(BaseModel):
@@ -44,3 +45,9 @@ def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     }
     codes = sorted({401, 422, *status_codes})
     return {code: {"model": ErrorResponse, "description": descriptions.get(code, "Error")} for code in codes}
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    """Serialize ``model`` once, straight to JSON (route handlers on hot paths return this; the route's
+    ``response_model`` still documents the body)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")

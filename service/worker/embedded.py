@@ -85,10 +85,11 @@ def run_worker_loop(settings: Settings, shutdown: threading.Event) -> None:
     engine = make_engine(settings.database_url)
     session_factory = make_session_factory(engine)
     worker_id = make_worker_id("embedded")
-    if settings.worker_threads:
-        import torch
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
+    import torch
 
-        torch.set_num_threads(settings.worker_threads)
+    torch.set_num_threads(settings.worker_threads or max(1, (os.cpu_count() or 2) - 1))
     recover_dead_local_workers(session_factory, "embedded")
     last_reap = 0.0
     logger.info("embedded worker %s polling %s", worker_id, engine.url.render_as_string(hide_password=True))
