@@ -1,9 +1,27 @@
-"""The quantized-model bundle: ``model.safetensors`` + ``quant_config.json`` + ``report.json``.
+"""The quantized-model bundle (format version 2): ``model.safetensors`` + ``quant_config.json`` + ``report.json``.
 
-``save_bundle`` stores the wrapped model's full state (reparameterized float weights, per-channel weight
-scales and zero points, activation quantizer parameters incl. TanQ ``a`` and log2 scale) and the per-layer
-settings; ``load_quantized`` rebuilds the architecture, wraps it identically and loads that state, so the
-rebuilt model reproduces the job's logits exactly on the same device.
+``model.safetensors`` holds, for every quantization layer whose weight quantizer is active (2..8 bits):
+
+- ``{layer}.weight.codes``: uint8, the integer codes ``clamp(round(w / scale) + zero, 0, 2^b - 1)`` of the weight
+  (row-major) bit-packed to their width ``b`` (:mod:`quant.packing`, layout ``lsb8``: 8 codes in ``b`` bytes);
+- ``{layer}.weight.scale``: float32 per-output-channel scales, shape ``[out, 1, ...]`` (broadcasts on the weight);
+- ``{layer}.weight.zero_point``: uint8, the per-channel zero points (integers in ``[0, 2^b - 1]``) packed the same way;
+
+and, under their ``state_dict`` names, every other tensor of the wrapped model at its own dtype: biases, float
+weights of layers kept at 16 bits, (reparameterized) LayerNorm weights and biases, position embeddings, class
+token, Swin relative position bias tables, and the activation quantizer parameters (uniform ``scale`` and
+``zero_point``, log2 ``scale``, TanQ ``a``). The parameters of weight quantizers that are off are not stored.
+
+``quant_config.json`` holds ``format``/``format_version``, the architecture (``model.name`` + ``arch_kwargs`` as
+given to :func:`quant.models.build_model`), the wrapping recipe (``softmax``, ``minmax``), the packing layout,
+per-layer settings (component, ``wbits``/``abits``, weight quantizer kind/bits/enabled/shape/storage and each
+activation quantizer's kind/bits/enabled/granularity plus its parameters for reading) and the library versions.
+
+``load_quantized`` rebuilds the architecture, wraps it with the same recipe and sets every weight to the
+dequantized ``(codes - zero) * scale`` computed exactly as the fake quantizer computes it; the (still active)
+weight quantizer maps that grid point back onto itself, so the rebuilt model's logits are bit-identical to the
+saved in-memory model's on the same device. Loading validates everything and raises :class:`BundleError` with a
+message naming the file, tensor or layer at fault.
 """
 
 from __future__ import annotations
@@ -11,6 +29,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import timm
 import torch
@@ -18,16 +37,110 @@ from torch import nn
 
 from . import __version__
 from .modules import QuantLayer
+from .packing import PACKING, pack_codes, packed_nbytes, unpack_codes
+from .quantizers import FLOAT_BITS, ActivationQuantizer, UniformQuantizer
 from .wrap import quant_layers, wrap_model_
 
-__all__ = ["BUNDLE_FORMAT_VERSION", "BundleError", "load_quantized", "save_bundle"]
+__all__ = ["BUNDLE_FORMAT_VERSION", "BundleError", "bundle_sizes", "load_quantized", "save_bundle"]
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT = "mpq-bundle"
+BUNDLE_FORMAT_VERSION = 2
 MODEL_FILE, CONFIG_FILE, REPORT_FILE = "model.safetensors", "quant_config.json", "report.json"
+_CODES, _SCALE, _ZERO = "weight.codes", "weight.scale", "weight.zero_point"
+_ACTIVATIONS = "activation_params"
 
 
 class BundleError(ValueError):
-    """A bundle folder that cannot be loaded (missing file or tensor, wrong version, shape mismatch)."""
+    """A bundle that cannot be written or loaded (missing file or tensor, wrong version, shape mismatch...)."""
+
+
+# ---- saving ----------------------------------------------------------------------------------------------
+def _packed_weight(name: str, layer: QuantLayer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The three tensors of an active weight quantizer and its config entry; checks they reproduce it exactly."""
+    quantizer, weight = layer.weight_quantizer, layer.weight.detach()
+    bits = int(quantizer.bits)
+    if not 1 <= bits <= 8:
+        raise BundleError(f"layer {name!r}: weight bits {bits} cannot be packed (use 2..8, or 16 for float)")
+    if not quantizer.calibrated:
+        raise BundleError(f"layer {name!r}: weight quantizer is not calibrated; calibrate the model before saving")
+    scale, zero = quantizer.scale.detach(), quantizer.zero_point.detach()
+    view = (weight.shape[0],) + (1,) * (weight.dim() - 1)
+    if tuple(scale.shape) != view or tuple(zero.shape) != view:
+        raise BundleError(f"layer {name!r}: weight scale/zero point have shapes {tuple(scale.shape)}/"
+                          f"{tuple(zero.shape)}, expected per-channel {view}")
+    qmax = 2**bits - 1
+    if not torch.equal(zero, zero.round()) or float(zero.min()) < 0 or float(zero.max()) > qmax:
+        raise BundleError(f"layer {name!r}: weight zero points must be integers in [0, {qmax}]")
+    with torch.no_grad():
+        codes = quantizer.integer_weight(weight)
+        if not torch.equal(_dequantize(codes, scale, zero), quantizer(weight)):
+            raise BundleError(f"layer {name!r}: the weight quantizer's output is not (codes - zero) * scale; "
+                              "this quantizer cannot be stored as integer codes")
+    tensors = {
+        f"{name}.{_CODES}": pack_codes(codes, bits),
+        f"{name}.{_SCALE}": scale.contiguous().cpu(),
+        f"{name}.{_ZERO}": pack_codes(zero, bits),
+    }
+    entry = {"kind": quantizer.kind, "bits": bits, "enabled": True, "stored": "packed", "packing": PACKING,
+             "shape": list(weight.shape), "dtype": str(weight.dtype).removeprefix("torch.")}
+    return tensors, entry
+
+
+def _dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """``(codes - zero) * scale`` in the scale's dtype: the same float operations as ``fake_quant_uniform``."""
+    return (codes.to(scale.dtype) - zero) * scale
+
+
+def _activation_entry(quantizer, offset: int) -> dict:
+    entry = quantizer.describe()
+    entry.update(bits=int(quantizer.bits), enabled=bool(quantizer.enabled), offset=offset)
+    return entry
+
+
+def _activation_values(name: str, quantizer) -> list[torch.Tensor]:
+    values = []
+    for local, tensor in quantizer.state_dict().items():
+        if tensor.dtype != torch.float32:
+            raise BundleError(f"layer {name!r}: activation quantizer tensor {local!r} is {tensor.dtype}, "
+                              "only float32 is stored")
+        values.append(tensor.detach().reshape(-1).cpu())
+    return values
+
+
+def _bundle_contents(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    state = model.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    skip: set[str] = set()
+    entries: dict[str, dict] = {}
+    act_values: list[torch.Tensor] = []
+    offset = 0
+    for name, layer in quant_layers(model).items():
+        entry: dict = {"component": layer.component, "wbits": int(layer.wbits), "abits": int(layer.abits)}
+        if layer.has_weight:
+            quantizer = layer.weight_quantizer
+            skip.update({f"{name}.weight_quantizer.scale", f"{name}.weight_quantizer.zero_point"})
+            if quantizer.active:
+                packed, entry["weights"] = _packed_weight(name, layer)
+                tensors.update(packed)
+                skip.add(f"{name}.weight")
+            else:
+                entry["weights"] = {"kind": quantizer.kind, "bits": int(quantizer.bits),
+                                    "enabled": bool(quantizer.enabled), "stored": "float"}
+        entry["activations"] = []
+        for quantizer in layer.activation_quantizers():
+            entry["activations"].append(_activation_entry(quantizer, offset))
+            values = _activation_values(name, quantizer)
+            act_values += values
+            offset += sum(v.numel() for v in values)
+        skip.update(f"{module}.{local}" for module, quantizer in model.named_modules()
+                    if module.startswith(f"{name}.") and isinstance(quantizer, ActivationQuantizer)
+                    for local in quantizer.state_dict())
+        entries[name] = entry
+    for key, value in state.items():
+        if key not in skip:
+            tensors[key] = value.detach().contiguous().cpu()
+    tensors[_ACTIVATIONS] = torch.cat(act_values) if act_values else torch.zeros(0)
+    return tensors, entries
 
 
 def save_bundle(
@@ -40,45 +153,73 @@ def save_bundle(
 ) -> Path:
     """Write ``model`` (a wrapped, calibrated model) as a bundle into ``directory`` and return the folder.
 
-    model_spec: ``{"name", "arch_kwargs"}`` as given to ``quant.models.build_model``.
-    recipe: ``{"softmax", "minmax"}`` as given to ``wrap_model_``.
+    model_spec: ``{"name", "arch_kwargs"}`` as given to ``quant.models.build_model`` (other keys are ignored: the
+    bundle holds every weight). recipe: ``{"softmax", "minmax"}`` as given to ``wrap_model_``.
+    Raises :class:`BundleError` when a weight quantizer cannot be stored as packed integer codes.
     """
     directory = Path(directory)
+    tensors, layers = _bundle_contents(model)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    safetensors.torch.save_file(state, str(directory / MODEL_FILE), metadata={"format": "mpq-bundle"})
-    layers = quant_layers(model)
+    safetensors.torch.save_file(tensors, str(directory / MODEL_FILE),
+                                metadata={"format": BUNDLE_FORMAT, "format_version": str(BUNDLE_FORMAT_VERSION)})
     config = {
+        "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
         "model": {"name": model_spec["name"], "arch_kwargs": dict(model_spec.get("arch_kwargs") or {})},
         "recipe": {"softmax": recipe["softmax"], "minmax": bool(recipe["minmax"])},
-        "bits": {name: [layer.wbits, layer.abits] for name, layer in layers.items()},
-        "enabled": {name: _enabled(layer) for name, layer in layers.items()},
-        "layers": {name: layer.describe() for name, layer in layers.items()},
-        "versions": {"mpq": __version__, "torch": torch.__version__, "timm": timm.__version__},
+        "packing": PACKING,
+        "layers": layers,
+        "versions": {"mpq": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                     "safetensors": safetensors.__version__},
     }
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    (directory / REPORT_FILE).write_text(json.dumps(report or {}, indent=2, default=str))
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    (directory / REPORT_FILE).write_text(json.dumps(report or {}, indent=1, default=str))
     return directory
 
 
-def _enabled(layer: QuantLayer) -> list[bool]:
-    flags = [q.enabled for q in layer.activation_quantizers()]
-    return ([layer.weight_quantizer.enabled] if layer.has_weight else [True]) + flags
-
-
+# ---- loading ---------------------------------------------------------------------------------------------
 def _read_config(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise BundleError(f"bundle folder {str(directory)!r} does not exist")
     for name in (MODEL_FILE, CONFIG_FILE):
         if not (directory / name).is_file():
-            raise BundleError(f"bundle {directory} is missing {name}")
+            raise BundleError(f"bundle {str(directory)!r} is missing {name}")
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{CONFIG_FILE} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise BundleError(f"{CONFIG_FILE} must hold a JSON object")
     version = config.get("format_version")
     if version != BUNDLE_FORMAT_VERSION:
-        raise BundleError(f"unsupported bundle format_version {version!r}; this mpq reads {BUNDLE_FORMAT_VERSION}")
+        raise BundleError(f"unsupported bundle format_version {version!r} in {CONFIG_FILE}; this mpq "
+                          f"({__version__}) reads version {BUNDLE_FORMAT_VERSION}: re-export the model")
+    for key in ("model", "recipe", "layers"):
+        if not isinstance(config.get(key), dict):
+            raise BundleError(f"{CONFIG_FILE} has no {key!r} section")
+    if config.get("packing", PACKING) != PACKING:
+        raise BundleError(f"unknown packing {config.get('packing')!r} in {CONFIG_FILE}; expected {PACKING!r}")
     return config
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise BundleError(f"{MODEL_FILE} cannot be read as safetensors: {exc}") from exc
+
+
+def _take(tensors: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in tensors:
+        raise BundleError(f"{MODEL_FILE} is missing tensor {key!r}")
+    return tensors.pop(key)
+
+
+def _check(tensor: torch.Tensor, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise BundleError(f"tensor {key!r} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+    if tensor.dtype != dtype:
+        raise BundleError(f"tensor {key!r} has dtype {tensor.dtype}, expected {dtype}")
 
 
 def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
@@ -88,45 +229,179 @@ def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
         current = module._parameters[attr]
         requires_grad = bool(current.requires_grad) if current is not None else True
         module._parameters[attr] = nn.Parameter(tensor, requires_grad=requires_grad)
-    elif attr in module._buffers:
-        module._buffers[attr] = tensor
     else:
-        raise BundleError(f"model.safetensors has tensor {key!r} that the rebuilt model does not have")
+        module._buffers[attr] = tensor
+
+
+def _load_packed_weight(model: nn.Module, name: str, layer: QuantLayer, entry: dict,
+                        tensors: dict[str, torch.Tensor]) -> None:
+    bits, shape = entry.get("bits"), tuple(entry.get("shape") or ())
+    if not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise BundleError(f"{CONFIG_FILE}: layer {name!r} has packed weights with invalid bits {bits!r}")
+    expected = tuple(layer.weight.shape)
+    if shape != expected:
+        raise BundleError(f"{CONFIG_FILE}: layer {name!r} weight shape {list(shape)} does not match the "
+                          f"architecture's {list(expected)}")
+    dtype = layer.weight.dtype
+    view = (expected[0],) + (1,) * (len(expected) - 1)
+    numel = int(torch.Size(expected).numel())
+    key = f"{name}.{_CODES}"
+    codes = _take(tensors, key)
+    _check(codes, key, (packed_nbytes(numel, bits),), torch.uint8)
+    key = f"{name}.{_SCALE}"
+    scale = _take(tensors, key)
+    _check(scale, key, view, dtype)
+    key = f"{name}.{_ZERO}"
+    zero_packed = _take(tensors, key)
+    _check(zero_packed, key, (packed_nbytes(expected[0], bits),), torch.uint8)
+    zero = unpack_codes(zero_packed, bits, expected[0]).to(dtype).reshape(view)
+    weight = _dequantize(unpack_codes(codes, bits, numel).reshape(expected), scale, zero)
+    quantizer = layer.weight_quantizer
+    _assign(model, f"{name}.weight", weight)
+    quantizer.scale = nn.Parameter(scale, requires_grad=False)
+    quantizer.zero_point = zero
+    quantizer.bits, quantizer.enabled, quantizer.calibrated = bits, True, True
+
+
+def _configure_layer(model: nn.Module, name: str, layer: QuantLayer, entry: dict,
+                     tensors: dict[str, torch.Tensor], act_params: torch.Tensor, offset: int) -> int:
+    """Set layer ``name`` up from its config entry; returns the offset of the next activation parameters."""
+    if not isinstance(entry, dict):
+        raise BundleError(f"{CONFIG_FILE}: layer {name!r} entry must be an object")
+    if layer.has_weight:
+        weights = entry.get("weights")
+        if not isinstance(weights, dict):
+            raise BundleError(f"{CONFIG_FILE}: layer {name!r} has no 'weights' entry")
+        if weights.get("stored") == "packed":
+            _load_packed_weight(model, name, layer, weights, tensors)
+        elif weights.get("stored") == "float":
+            layer.weight_quantizer.bits = int(weights.get("bits", FLOAT_BITS))
+            layer.weight_quantizer.enabled = bool(weights.get("enabled", True))
+            layer.weight_quantizer.calibrated = True
+            if layer.weight_quantizer.active:
+                raise BundleError(f"{CONFIG_FILE}: layer {name!r} stores float weights for an active "
+                                  f"{layer.weight_quantizer.bits}-bit weight quantizer")
+        else:
+            raise BundleError(f"{CONFIG_FILE}: layer {name!r} weights 'stored' must be 'packed' or 'float', "
+                              f"got {weights.get('stored')!r}")
+    quantizers = layer.activation_quantizers()
+    acts = entry.get("activations")
+    if not isinstance(acts, list) or len(acts) != len(quantizers):
+        raise BundleError(f"{CONFIG_FILE}: layer {name!r} needs {len(quantizers)} activation quantizer entries")
+    for quantizer, act in zip(quantizers, acts, strict=True):
+        if act.get("kind") != quantizer.kind:
+            raise BundleError(f"{CONFIG_FILE}: layer {name!r} activation quantizer kind {act.get('kind')!r} "
+                              f"does not match the recipe's {quantizer.kind!r}")
+        quantizer.bits = int(act.get("bits", FLOAT_BITS))
+        quantizer.enabled = bool(act.get("enabled", True))
+        if isinstance(quantizer, UniformQuantizer):
+            quantizer.granularity = act.get("granularity", "tensor")
+        quantizer.calibrated = True
+        if act.get("offset") != offset:
+            raise BundleError(f"{CONFIG_FILE}: layer {name!r} activation parameters start at {act.get('offset')!r},"
+                              f" expected {offset}")
+        for local, reference in quantizer.state_dict().items():
+            numel = reference.numel()
+            if offset + numel > act_params.numel():
+                raise BundleError(f"tensor {_ACTIVATIONS!r} has {act_params.numel()} values, too few for layer "
+                                  f"{name!r}")
+            _assign(quantizer, local, act_params[offset:offset + numel].reshape(reference.shape).clone())
+            offset += numel
+    return offset
 
 
 def load_quantized(path: str | Path, device: str = "cpu") -> nn.Module:
-    """Rebuild the quantized model saved by ``save_bundle`` in folder ``path`` (eval mode, on ``device``)."""
-    from .models import build_model
+    """Rebuild the quantized model saved by :func:`save_bundle` in folder ``path`` (eval mode, on ``device``).
+
+    Raises :class:`BundleError` for a missing file or tensor, an unknown format version, a tensor of the wrong
+    shape or dtype, an unexpected tensor and per-layer settings that do not fit the architecture.
+    """
+    from .models import ModelLoadError, build_model
 
     directory = Path(path)
     config = _read_config(directory)
-    model = build_model(config["model"]["name"], config["model"].get("arch_kwargs") or {})
-    wrap_model_(model, softmax=config["recipe"]["softmax"], minmax=config["recipe"]["minmax"])
-    tensors = safetensors.torch.load_file(str(directory / MODEL_FILE))
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(tensors))
-    if missing:
-        raise BundleError(f"model.safetensors is missing {len(missing)} tensors, e.g. {missing[:3]}")
-    reference = model.state_dict()
-    for key, tensor in tensors.items():
-        ref = reference.get(key)
-        if ref is not None and ref.shape != tensor.shape and not key.endswith(("scale", "zero_point")):
-            raise BundleError(f"tensor {key!r} has shape {tuple(tensor.shape)}, expected {tuple(ref.shape)}")
-        _assign(model, key, tensor)
+    spec, recipe = config["model"], config["recipe"]
+    try:
+        model = build_model(spec["name"], spec.get("arch_kwargs") or {})
+        wrap_model_(model, softmax=recipe["softmax"], minmax=bool(recipe["minmax"]))
+    except (ModelLoadError, KeyError, ValueError) as exc:
+        raise BundleError(f"{CONFIG_FILE}: cannot rebuild model {spec.get('name')!r}: {exc}") from exc
+    tensors = _read_tensors(directory / MODEL_FILE)
     layers = quant_layers(model)
-    for name, (wbits, abits) in config["bits"].items():
-        if name not in layers:
-            raise BundleError(f"quant_config.json names layer {name!r} that the architecture does not have")
-        layer = layers[name]
-        flags = config.get("enabled", {}).get(name)
-        if layer.has_weight:
-            layer.weight_quantizer.bits = int(wbits)
-            layer.weight_quantizer.calibrated = True
-            if flags:
-                layer.weight_quantizer.enabled = bool(flags[0])
-        for index, quantizer in enumerate(layer.activation_quantizers()):
-            quantizer.bits = int(abits)
-            quantizer.calibrated = True
-            if flags:
-                quantizer.enabled = bool(flags[index + 1])
+    unknown = [name for name in config["layers"] if name not in layers]
+    if unknown:
+        raise BundleError(f"{CONFIG_FILE} names layers {unknown[:3]} that the architecture does not have")
+    act_params = _take(tensors, _ACTIVATIONS)
+    if act_params.dim() != 1 or act_params.dtype != torch.float32:
+        raise BundleError(f"tensor {_ACTIVATIONS!r} must be 1-D float32, got {act_params.dtype} of shape "
+                          f"{tuple(act_params.shape)}")
+    offset = 0
+    for name, layer in layers.items():
+        if name not in config["layers"]:
+            raise BundleError(f"{CONFIG_FILE} has no entry for quantization layer {name!r}")
+        offset = _configure_layer(model, name, layer, config["layers"][name], tensors, act_params, offset)
+    if offset != act_params.numel():
+        raise BundleError(f"tensor {_ACTIVATIONS!r} has {act_params.numel()} values, the layers use {offset}")
+    reference = model.state_dict()
+    stored_elsewhere = {f"{name}.weight_quantizer.{p}" for name, layer in layers.items() if layer.has_weight
+                        for p in ("scale", "zero_point")}
+    stored_elsewhere |= {f"{name}.weight" for name, layer in layers.items()
+                         if layer.has_weight and layer.weight_quantizer.active}
+    stored_elsewhere |= {f"{module}.{local}" for module, quantizer in model.named_modules()
+                         if isinstance(quantizer, ActivationQuantizer) for local in quantizer.state_dict()}
+    for key in reference:
+        if key in stored_elsewhere:
+            continue
+        tensor = _take(tensors, key)
+        _check(tensor, key, tuple(reference[key].shape), reference[key].dtype)
+        _assign(model, key, tensor)
+    if tensors:
+        raise BundleError(f"{MODEL_FILE} has {len(tensors)} tensors the rebuilt model does not use, "
+                          f"e.g. {sorted(tensors)[:3]}")
     return model.to(device).eval()
+
+
+# ---- sizes -----------------------------------------------------------------------------------------------
+def bundle_sizes(path: str | Path) -> dict[str, int | float]:
+    """Actual vs theoretical bytes of a bundle's ``model.safetensors``.
+
+    ``theoretical_bytes``: the information stored, at its exact width: each packed weight at ``numel * bits / 8``
+    bytes, each zero point at ``bits / 8`` bytes, every other tensor (scales, float tensors, activation quantizer
+    parameters) at its dtype's size. ``actual_bytes``: the file size (safetensors header and the padding of code
+    streams to whole groups of 8 codes included). Also ``packed_weight_bytes``, ``header_bytes``,
+    ``config_bytes`` (``quant_config.json``) and ``overhead`` = actual / theoretical - 1.
+    """
+    directory = Path(path)
+    config = _read_config(directory)
+    with safetensors.safe_open(str(directory / MODEL_FILE), framework="pt") as handle:
+        names = handle.keys()
+        stored = {key: _nbytes(handle, key) for key in names}
+    theoretical = packed = 0.0
+    accounted: set[str] = set()
+    for name, entry in config["layers"].items():
+        weights = entry.get("weights") or {}
+        if weights.get("stored") != "packed":
+            continue
+        numel, bits = int(torch.Size(weights["shape"]).numel()), int(weights["bits"])
+        packed += numel * bits / 8
+        theoretical += numel * bits / 8 + weights["shape"][0] * bits / 8
+        accounted |= {f"{name}.{_CODES}", f"{name}.{_ZERO}"}
+    theoretical += sum(size for key, size in stored.items() if key not in accounted)
+    payload = sum(stored.values())
+    actual = (directory / MODEL_FILE).stat().st_size
+    return {
+        "actual_bytes": actual,
+        "theoretical_bytes": theoretical,
+        "packed_weight_bytes": packed,
+        "header_bytes": actual - payload,
+        "config_bytes": (directory / CONFIG_FILE).stat().st_size,
+        "overhead": actual / theoretical - 1 if theoretical else 0.0,
+    }
+
+
+def _nbytes(handle, key: str) -> int:
+    tensor_slice = handle.get_slice(key)
+    numel = int(torch.Size(tensor_slice.get_shape()).numel())
+    itemsize = {"U8": 1, "I8": 1, "BOOL": 1, "F16": 2, "BF16": 2, "I16": 2, "F32": 4, "I32": 4, "F64": 8,
+                "I64": 8}[tensor_slice.get_dtype()]
+    return numel * itemsize
