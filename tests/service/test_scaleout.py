@@ -1,0 +1,235 @@
+"""Scale-out with real brokers and real worker processes (issue 6): Redis and RabbitMQ, PostgreSQL state.
+
+Two ``mpq worker`` processes consume one queue. Jobs run exactly once and all complete; a worker SIGKILLed mid-job
+loses it to the other worker, which resumes from the last checkpoint and reaches the same metrics as an
+uninterrupted run with the same seed; a running job can be cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.auth.service import create_key
+from service.settings import Settings
+
+from .conftest import drop_pg_schema, make_pg_schema_url
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+BROKERS = {
+    "redis": "redis://127.0.0.1:6379/0",
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
+}
+HEARTBEAT_TIMEOUT = 4.0
+
+
+def _broker_reachable(url: str) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as connection:
+            connection.ensure_connection(max_retries=1)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _delete_queue(url: str, queue: str) -> None:
+    from kombu import Connection, Queue
+
+    try:
+        with Connection(url, connect_timeout=3) as connection:
+            Queue(queue, channel=connection.channel()).delete()
+    except Exception as exc:  # noqa: BLE001 - best effort clean-up
+        print(f"could not delete test queue {queue}: {exc}")
+
+
+class Workers:
+    """``mpq worker`` subprocesses sharing one queue, database and artifact folder."""
+
+    def __init__(self, env: dict[str, str], root: Path) -> None:
+        self.env, self.root = env, root
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    def start(self, count: int) -> None:
+        for _ in range(count):
+            log = self.root / f"worker-{len(self.logs)}.log"
+            self.logs.append(log)
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "service.cli", "worker"],
+                    env=self.env,
+                    stdout=log.open("wb"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        deadline = time.monotonic() + 120
+        while not all("ready." in log.read_text(errors="replace") for log in self.logs[-count:]):
+            assert time.monotonic() < deadline, self.tail()
+            assert all(p.poll() is None for p in self.processes), self.tail()
+            time.sleep(0.2)
+
+    def pid_running(self, job_id: str) -> int | None:
+        """Pid of the worker whose log says it started ``job_id`` (worker ids are ``celery:host:pid``)."""
+        for log in self.logs:
+            match = re.search(
+                rf"job {job_id}: started by celery:[^:]+:(\d+)", log.read_text(errors="replace")
+            )
+            if match:
+                return int(match.group(1))
+        return None
+
+    def starts(self, job_id: str) -> int:
+        return sum(log.read_text(errors="replace").count(f"job {job_id}: started by") for log in self.logs)
+
+    def kill(self, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def tail(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+            for log in self.logs
+        )
+
+
+@pytest.fixture(scope="module", params=list(BROKERS))
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    broker = BROKERS[request.param]
+    if not _broker_reachable(broker):
+        pytest.skip(f"{request.param} not reachable at {broker}")
+    database_url, schema = make_pg_schema_url(request.getfixturevalue("pg_server"))
+    root = tmp_path_factory.mktemp(f"scaleout-{request.param}")
+    queue = f"mpq-test-{uuid.uuid4().hex[:10]}"
+    settings = Settings(
+        database_url=database_url,
+        artifact_dir=root / "artifacts",
+        broker_url=broker,
+        celery_queue=queue,
+        max_upload_bytes=64 << 20,
+    )
+    env = {
+        **os.environ,
+        "MPQ_DATABASE_URL": database_url,
+        "MPQ_ARTIFACT_DIR": str(root / "artifacts"),
+        "MPQ_BROKER_URL": broker,
+        "MPQ_CELERY_QUEUE": queue,
+        "MPQ_HEARTBEAT_INTERVAL": "0.5",
+        "MPQ_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+        "MPQ_WORKER_THREADS": "1",
+    }
+    workers = Workers(env, root)
+    with TestClient(create_app(settings)) as client:
+        with client.app.state.session_factory() as session:
+            key = create_key(session, f"scale-{uuid.uuid4().hex[:6]}").key
+        client.headers["Authorization"] = f"Bearer {key}"
+        try:
+            workers.start(2)
+            yield {"client": client, "workers": workers, "root": root}
+        finally:
+            workers.stop()
+            _delete_queue(broker, queue)
+            drop_pg_schema(schema)
+
+
+def _spec(**method: Any) -> dict[str, Any]:
+    return {
+        "model": {"name": "builtin:vit-digits"},
+        "data": {"builtin": "builtin:digits", "num_calibration": 16, "batch_size": 16},
+        "method": {"quantizer": "minmax", "candidate_wbits": [4, 8], "candidate_abits": [8], **method},
+        "seed": 3,
+        "device": "cpu",
+    }
+
+
+def _wait(client: TestClient, job_id: str, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+
+def test_every_job_runs_exactly_once_and_completes(cluster) -> None:
+    client, workers = cluster["client"], cluster["workers"]
+    ids = []
+    for wbits in (4, 8, 4, 8):
+        response = client.post("/v1/jobs", json=_spec(wbits=wbits, abits=8))
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    jobs = [_wait(client, job_id) for job_id in ids]
+    assert [job["status"] for job in jobs] == ["succeeded"] * 4, [job["error"] for job in jobs]
+    assert all(job["attempts"] == 1 for job in jobs)
+    assert all(workers.starts(job_id) == 1 for job_id in ids), workers.tail()
+    assert len({workers.pid_running(job_id) for job_id in ids}) == 2, "both workers should have taken jobs"
+
+
+def test_killed_worker_job_resumes_on_the_other_and_matches(cluster) -> None:
+    client, workers = cluster["client"], cluster["workers"]
+    spec = _spec(budgets={"wbits": 6.0})
+    reference = _wait(client, client.post("/v1/jobs", json=spec).json()["id"])
+    assert reference["status"] == "succeeded", reference["error"]
+
+    job_id = client.post("/v1/jobs", json=spec).json()["id"]
+    deadline = time.monotonic() + 300
+    while True:  # kill the worker once a stage is checkpointed and a later one is running
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        done = [stage["name"] for stage in job["stages"] if stage["status"] == "finished"]
+        if job["status"] == "running" and done and job["stage"] not in (None, "load"):
+            break
+        assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(0.05)
+    victim = workers.pid_running(job_id)
+    assert victim is not None
+    workers.kill(victim)
+    job = _wait(client, job_id)
+    assert job["status"] == "succeeded", (job["error"], workers.tail())
+    assert job["attempts"] == 2
+    assert workers.starts(job_id) == 2, workers.tail()  # once on the victim, once on the survivor
+    stages = {stage["name"]: stage for stage in job["stages"]}
+    assert all(stages[name]["status"] == "finished" for name in done)
+    assert job["metrics"] == reference["metrics"]
+    assert sum(p.poll() is None for p in workers.processes) == 1
+
+
+def test_cancel_reaches_a_running_worker(cluster) -> None:
+    client = cluster["client"]
+    job_id = client.post("/v1/jobs", json=_spec(budgets={"wbits": 6.0})).json()["id"]
+    deadline = time.monotonic() + 300
+    while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    response = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert response.status_code == 202 and response.json()["cancel_requested"] is True
+    job = _wait(client, job_id, timeout=60)
+    assert job["status"] == "cancelled"
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
