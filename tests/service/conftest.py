@@ -88,7 +88,7 @@ def settings(backend_url: str, tmp_path_factory: pytest.TempPathFactory) -> Sett
         database_url=backend_url,
         artifact_dir=root,
         embedded_worker=False,
-        max_upload_bytes=2 * 1024 * 1024,
+        max_upload_bytes=4 * 1024 * 1024,
         data_root=None,
     )
 

@@ -131,7 +131,7 @@ def test_bad_uploads_are_refused_and_leave_nothing(
 
 def test_upload_over_the_limit_is_413(client, tenant, session, settings) -> None:
     before = files_under(Path(settings.artifact_dir))
-    payload = images_bytes(n=200)  # ~2.4 MB > 2 MiB limit of the test settings
+    payload = images_bytes(n=400)  # ~4.9 MB > 4 MiB limit of the test settings
     assert len(payload) > settings.max_upload_bytes
     response = upload(client, tenant.headers, payload)
     assert response.status_code == 413

@@ -13,21 +13,21 @@ from service.job.repository import JobRepository
 from service.models import Job, JobStatus, StageStatus, Tenant
 
 from .conftest import error_of, row_counts
-from .helpers import TINY_VIT, TINY_VIT_KWARGS, images_bytes, tiny_vit_weights, upload
+from .helpers import TINY_VIT, TINY_VIT_IMAGE, TINY_VIT_KWARGS, images_bytes, tiny_vit_weights, upload
 
 
 @pytest.fixture
 def inputs(client, tenant) -> dict[str, str]:
     """Ids of a matching weights artifact and a calibration-images artifact of the tenant."""
     weights = upload(client, tenant.headers, tiny_vit_weights()).json()["id"]
-    images = upload(client, tenant.headers, images_bytes(n=8, size=32)).json()["id"]
+    images = upload(client, tenant.headers, images_bytes(n=4, size=TINY_VIT_IMAGE)).json()["id"]
     return {"weights": weights, "images": images}
 
 
 def _spec(inputs: dict[str, str], **method: Any) -> dict[str, Any]:
     return {
         "model": {"name": TINY_VIT, "arch_kwargs": TINY_VIT_KWARGS, "weights_artifact_id": inputs["weights"]},
-        "data": {"artifact_id": inputs["images"], "num_calibration": 8, "batch_size": 8},
+        "data": {"artifact_id": inputs["images"], "num_calibration": 4, "batch_size": 4},
         "method": {"quantizer": "minmax", **method},
         "device": "cpu",
     }
@@ -95,7 +95,7 @@ BAD_JOBS = {
             **_spec(i),
             "model": {
                 "name": TINY_VIT,
-                "arch_kwargs": {**TINY_VIT_KWARGS, "img_size": 64},
+                "arch_kwargs": {**TINY_VIT_KWARGS, "img_size": 160},
                 "weights_artifact_id": i["weights"],
             },
         },
