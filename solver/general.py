@@ -1,0 +1,249 @@
+"""The general exact path for a pruned group table.
+
+- One budget only, or a single budget binding in the LP relaxation: the exact dynamic program of
+  :mod:`solver.dp` (other budgets are checked afterwards; if one is broken, the path below runs).
+- Otherwise: LP relaxation (backend) -> multipliers ``lam`` -> Lagrangian bound ``L(lam)`` evaluated exactly here
+  -> incumbent (LP rounding, repair, 1-opt; or the caller's hint) -> reduced-cost fixing with ``UB - L(lam)``
+  -> groups left with one option become constants -> small problems: depth-first branch and bound
+  (:mod:`solver.search`); larger ones: the MIP backend started from the incumbent.
+Options are only removed when no assignment using them can beat the incumbent, so optimality is exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from . import dp
+from .backends import Backend
+from .compile import Compiled, Group
+from .heuristic import round_lp
+from .lagrange import fix_by_reduced_cost, lagrangian
+from .numerics import feasible, objective, usage
+from .search import branch_and_bound
+
+__all__ = ["Outcome", "solve_general"]
+
+#: the depth-first search is tried only on reduced problems with at most this many free groups ...
+_SEARCH_MAX_GROUPS = 20
+#: ... and stops after this many nodes (then the MIP backend takes over)
+_SEARCH_NODES = 5_000
+
+
+@dataclass
+class Outcome:
+    """Result in terms of a group table: ``choice`` is an option index per group, ``bound`` a proven lower
+    bound on the objective (the objective itself when optimal)."""
+
+    status: str
+    choice: list[int] | None = None
+    bound: float | None = None
+    backend: str = "none"
+    message: str = ""
+    infeasible_budgets: tuple[str, ...] = ()
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.perf_counter(), 0.0)
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
+
+
+def _min_sens_choice(groups: Sequence[Group], limits: Sequence[float]) -> list[int]:
+    def key(g: Group, o: int) -> tuple[float, float, int]:
+        return (g.sens[o], sum(c / b for c, b in zip(g.costs[o], limits)), o)
+
+    return [min(range(len(g.sens)), key=lambda o, g=g: key(g, o)) for g in groups]
+
+
+def _single_budget(
+    groups: Sequence[Group], limits: Sequence[float], k: int, deadline: float | None
+) -> tuple[str, list[int] | None]:
+    """Exact DP on budget k alone; ``("optimal", choice)`` only if the choice also meets the other budgets."""
+    res = dp.solve_one_budget(groups, k, limits[k], deadline=deadline)
+    if res.status == "infeasible":
+        return "infeasible", None
+    if res.status != "optimal" or res.choice is None:
+        return "aborted", None
+    if feasible(usage(groups, res.choice, len(limits)), limits):
+        return "optimal", res.choice
+    return "other_budget_broken", res.choice
+
+
+def solve_general(
+    comp: Compiled,
+    get_backend: Callable[[], Backend],
+    *,
+    deadline: float | None,
+    mip_gap: float,
+    hint: Sequence[int] | None = None,
+) -> Outcome:
+    """Solve ``comp`` (pruned groups; per-budget feasibility already checked by the caller)."""
+    start = time.perf_counter()
+    groups = comp.groups
+    limits = comp.limits
+    m = len(limits)
+    stats: dict[str, float] = {}
+
+    best = _min_sens_choice(groups, limits)
+    if feasible(usage(groups, best, m), limits):
+        return Outcome(
+            "optimal",
+            best,
+            objective(groups, best),
+            message="optimal: the least sensitive candidates fit every budget",
+        )
+    if m == 1 and dp.available():
+        status, choice = _single_budget(groups, limits, 0, deadline)
+        if status == "optimal" and choice is not None:
+            stats["dp"] = 1
+            return Outcome(
+                "optimal", choice, objective(groups, choice), message="optimal: dynamic program", stats=stats
+            )
+        if status == "infeasible":
+            return Outcome("infeasible")
+
+    # constants (groups with one option) leave less of each budget to the others
+    free = [gi for gi, g in enumerate(groups) if len(g.sens) > 1]
+    const = [gi for gi, g in enumerate(groups) if len(g.sens) == 1]
+    const_sens = sum(groups[gi].sens[0] for gi in const)
+    rhs = [limits[k] - sum(groups[gi].costs[0][k] for gi in const) for k in range(m)]
+    fgroups = [groups[gi] for gi in free]
+
+    def full(choice_free: Sequence[int]) -> list[int]:
+        out = [0] * len(groups)
+        for gi, o in zip(free, choice_free):
+            out[gi] = o
+        return out
+
+    incumbent: list[int] | None = None
+    inc_value = float("inf")
+    if hint is not None and len(hint) == len(groups) and feasible(usage(groups, hint, m), limits):
+        incumbent = [hint[gi] for gi in free]
+        inc_value = objective(fgroups, incumbent)
+
+    backend = get_backend()
+
+    def finish(status: str, choice_free: Sequence[int] | None, bound: float | None, message: str) -> Outcome:
+        stats["general_time"] = time.perf_counter() - start
+        return Outcome(
+            status,
+            None if choice_free is None else full(choice_free),
+            None if bound is None else bound + const_sens,
+            backend.name,
+            message,
+            stats=stats,
+        )
+
+    lp = backend.solve_lp(fgroups, rhs, limits, _remaining(deadline))
+    if lp.status == "infeasible":
+        return finish("infeasible", None, None, "")
+    lower = float("-inf")
+    rcs: list[list[float]] | None = None
+    if lp.status == "optimal":
+        lower, rcs = lagrangian(fgroups, rhs, lp.lam)
+        stats["lp_bound"] = lower + const_sens
+        binding = [k for k in range(m) if lp.lam[k] * limits[k] > 1e-12 * max(1.0, abs(lower))]
+        if len(binding) == 1 and dp.available():
+            status, choice = _single_budget(fgroups, rhs, binding[0], deadline)
+            if status == "optimal" and choice is not None:
+                stats["dp"] = 1
+                return finish("optimal", choice, objective(fgroups, choice), "optimal: dynamic program")
+        rounded = round_lp(fgroups, lp.x or [], rhs, lp.lam)
+        if rounded is not None:
+            value = objective(fgroups, rounded)
+            if value < inc_value:
+                incumbent, inc_value = rounded, value
+    if incumbent is not None:
+        stats["heuristic_objective"] = inc_value + const_sens
+
+    mip_groups, mip_rhs, mip_offset, mip_incumbent = fgroups, rhs, 0.0, incumbent
+    sub_idx: list[int] | None = None
+    keep: list[list[int]] = []
+    if incumbent is not None and rcs is not None:
+        tol = 1e-9 * (abs(inc_value) + abs(lower) + sum(lam * b for lam, b in zip(lp.lam, rhs))) + 1e-12
+        keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
+        stats["candidates_after_fixing"] = sum(len(k) for k in keep) + len(const)
+        sub_idx = [i for i, k in enumerate(keep) if len(k) > 1]
+        stats["free_groups"] = len(sub_idx)
+        base = list(incumbent)
+        for i, k in enumerate(keep):
+            if len(k) == 1:
+                base[i] = k[0]
+        if not sub_idx:
+            return finish("optimal", base, objective(fgroups, base), "optimal: proven by reduced-cost fixing")
+        fixed_sens = sum(fgroups[i].sens[k[0]] for i, k in enumerate(keep) if len(k) == 1)
+        sub_rhs = [
+            rhs[j] - sum(fgroups[i].costs[k[0]][j] for i, k in enumerate(keep) if len(k) == 1)
+            for j in range(m)
+        ]
+        sub_groups = [fgroups[i].subset(keep[i]) for i in sub_idx]
+        sub_inc = [keep[i].index(incumbent[i]) for i in sub_idx]
+        if len(sub_idx) <= _SEARCH_MAX_GROUPS:
+            sub_rcs = [[rcs[i][o] for o in keep[i]] for i in sub_idx]
+            # L(lam) restricted to the reduced problem: the fixed groups' minimum reduced cost is 0
+            sub_bound = lower - fixed_sens
+            choice, _, done, nodes = branch_and_bound(
+                sub_groups, sub_rcs, sub_rhs, sub_bound, sub_inc, inc_value - fixed_sens, tol, _SEARCH_NODES
+            )
+            stats["search_nodes"] = nodes
+            for i, o in zip(sub_idx, choice):
+                base[i] = keep[i][o]
+            if done:
+                return finish(
+                    "optimal", base, objective(fgroups, base), "optimal: proven by branch and bound"
+                )
+            sub_inc = [keep[i].index(base[i]) for i in sub_idx]
+            inc_value = objective(fgroups, base)
+        incumbent = base
+        mip_groups, mip_rhs, mip_offset, mip_incumbent = sub_groups, sub_rhs, fixed_sens, sub_inc
+    if _expired(deadline):
+        if incumbent is None:
+            return finish(
+                "time_limit_no_solution", None, None, "time limit reached before any assignment was found"
+            )
+        return finish("feasible", incumbent, lower if rcs is not None else None, "time limit reached")
+
+    mip = backend.solve_mip(
+        mip_groups,
+        mip_rhs,
+        limits,
+        offset=mip_offset + const_sens,
+        incumbent=mip_incumbent,
+        time_limit=_remaining(deadline),
+        mip_gap=mip_gap,
+    )
+    stats["mip_called"] = 1
+    if mip.status == "infeasible":
+        return finish("infeasible", None, None, "")
+    mip_bound = None if mip.bound is None else mip.bound - const_sens
+    choice_free: list[int] | None = None
+    if mip.choice is not None:
+        if sub_idx is None:
+            choice_free = list(mip.choice)
+        else:
+            choice_free = list(incumbent or [])
+            for i, o in zip(sub_idx, mip.choice):
+                choice_free[i] = keep[i][o]
+    if choice_free is None or (incumbent is not None and inc_value < objective(fgroups, choice_free)):
+        choice_free = incumbent
+    if choice_free is None:
+        if mip.status == "no_solution":
+            return finish(
+                "time_limit_no_solution", None, None, "time limit reached before any assignment was found"
+            )
+        return finish("time_limit_no_solution", None, None, f"no assignment found: {mip.message}")
+    value = objective(fgroups, choice_free)
+    if mip.status == "optimal":
+        return finish("optimal", choice_free, value, "optimal")
+    bounds = [b for b in (lower if rcs is not None else None, mip_bound) if b is not None]
+    if mip_bound is not None and sub_idx is not None:
+        # the reduced problem's bound holds only inside it; outside, nothing beats the incumbent used for fixing
+        bounds = [lower, min(mip_bound, inc_value)]
+    bound = max(bounds) if bounds else None
+    reason = mip.message or ("stopped at the requested mip_gap" if mip_gap > 0 else "stopped")
+    return finish("feasible", choice_free, bound, reason)

@@ -1,0 +1,125 @@
+"""Primal heuristics: turn an LP solution (or any start) into a good assignment that meets every budget.
+
+A good incumbent matters twice: it is returned when the time limit stops the exact search, and its objective UB
+drives reduced-cost fixing (:mod:`solver.lagrange`), which decides how small the exact search gets.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from .compile import Group
+from .numerics import feasible, fits, usage
+
+__all__ = ["improve", "repair", "round_lp"]
+
+_MAX_COMBOS = 64
+
+
+def _violation(used: Sequence[float], limits: Sequence[float]) -> float:
+    return sum(max(0.0, u - b) / b for u, b in zip(used, limits))
+
+
+def repair(
+    groups: Sequence[Group], choice: list[int], limits: Sequence[float], max_steps: int = 10_000
+) -> bool:
+    """Greedy repair in place: repeatedly take the move with the least sensitivity increase per unit of
+    (limit-normalised) violation removed. Returns whether the choice now meets every budget."""
+    m = len(limits)
+    used = usage(groups, choice, m)
+    for _ in range(max_steps):
+        total = _violation(used, limits)
+        if feasible(used, limits):
+            return True
+        best: tuple[float, int, int] | None = None
+        for gi, g in enumerate(groups):
+            cur = choice[gi]
+            cc, cs = g.costs[cur], g.sens[cur]
+            base = [used[k] - cc[k] for k in range(m)]
+            for o, c in enumerate(g.costs):
+                if o == cur:
+                    continue
+                new = sum(max(0.0, base[k] + c[k] - limits[k]) / limits[k] for k in range(m))
+                gain = total - new
+                if gain <= 1e-15:
+                    continue
+                score = (g.sens[o] - cs) / gain
+                if best is None or score < best[0]:
+                    best = (score, gi, o)
+        if best is None:
+            return False
+        _, gi, o = best
+        old = groups[gi].costs[choice[gi]]
+        for k in range(m):
+            used[k] += groups[gi].costs[o][k] - old[k]
+        choice[gi] = o
+    return feasible(used, limits)
+
+
+def improve(
+    groups: Sequence[Group], choice: list[int], limits: Sequence[float], max_steps: int = 10_000
+) -> None:
+    """1-opt descent in place: while some single change lowers the objective and keeps every budget met, make
+    the one that lowers it most."""
+    m = len(limits)
+    used = usage(groups, choice, m)
+    for _ in range(max_steps):
+        best: tuple[float, int, int] | None = None
+        for gi, g in enumerate(groups):
+            cur = choice[gi]
+            cs, cc = g.sens[cur], g.costs[cur]
+            for o, s in enumerate(g.sens):
+                delta = s - cs
+                if delta >= 0.0 or (best is not None and delta >= best[0]):
+                    continue
+                c = g.costs[o]
+                if all(fits(used[k] - cc[k] + c[k], limits[k]) for k in range(m)):
+                    best = (delta, gi, o)
+        if best is None:
+            return
+        _, gi, o = best
+        old = groups[gi].costs[choice[gi]]
+        for k in range(m):
+            used[k] += groups[gi].costs[o][k] - old[k]
+        choice[gi] = o
+
+
+def round_lp(
+    groups: Sequence[Group], x: Sequence[Sequence[float]], limits: Sequence[float], lam: Sequence[float]
+) -> list[int] | None:
+    """Round an LP solution ``x`` (per group, per option) to an assignment meeting every budget, or None.
+
+    Integral groups keep their option. For the few fractional groups (at most one per binding budget at a
+    vertex) every combination of their support is tried when there are at most 64; otherwise each takes its
+    cheapest support option (by ``lam``-weighted cost). The result is repaired if needed, then improved."""
+    m = len(limits)
+    choice = [max(range(len(xs)), key=lambda i: (xs[i], -i)) for xs in x]
+    frac = [gi for gi, xs in enumerate(x) if max(xs) < 1.0 - 1e-6]
+    supports = [[o for o, v in enumerate(x[gi]) if v > 1e-9] for gi in frac]
+    n_combos = 1
+    for s in supports:
+        n_combos *= len(s)
+    if frac and n_combos <= _MAX_COMBOS:
+        base_used = usage(groups, choice, m)
+        best: tuple[float, tuple[int, ...]] | None = None
+        for combo in itertools.product(*supports):
+            used = list(base_used)
+            for gi, o in zip(frac, combo):
+                old, new = groups[gi].costs[choice[gi]], groups[gi].costs[o]
+                for k in range(m):
+                    used[k] += new[k] - old[k]
+            if feasible(used, limits):
+                obj = sum(groups[gi].sens[o] - groups[gi].sens[choice[gi]] for gi, o in zip(frac, combo))
+                if best is None or obj < best[0]:
+                    best = (obj, combo)
+        if best is not None:
+            for gi, o in zip(frac, best[1]):
+                choice[gi] = o
+            frac = []
+    for gi, support in zip(frac, supports):
+        choice[gi] = min(support, key=lambda o: (sum(lam[k] * groups[gi].costs[o][k] for k in range(m)), o))
+    if not repair(groups, choice, limits):
+        return None
+    improve(groups, choice, limits)
+    return choice
