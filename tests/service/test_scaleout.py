@@ -26,6 +26,7 @@ from service.auth.service import create_key
 from service.settings import Settings
 
 from .conftest import drop_pg_schema, make_pg_schema_url
+from .helpers import TINY_VIT, TINY_VIT_IMAGE, TINY_VIT_KWARGS, images_bytes, tiny_vit_weights, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -159,10 +160,24 @@ def cluster(
             drop_pg_schema(schema)
 
 
-def _spec(**method: Any) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def inputs(cluster) -> dict[str, str]:
+    """A 2-block tiny ViT's weights and 16 calibration images, uploaded once per cluster."""
+    client = cluster["client"]
+    weights = upload(client, {}, tiny_vit_weights(depth=2)).json()["id"]
+    images = upload(client, {}, images_bytes(n=16, size=TINY_VIT_IMAGE)).json()["id"]
+    many = upload(client, {}, images_bytes(n=48, size=TINY_VIT_IMAGE, seed=1)).json()["id"]
+    return {"weights": weights, "images": images, "many_images": many}
+
+
+def _spec(inputs: dict[str, str], **method: Any) -> dict[str, Any]:
     return {
-        "model": {"name": "builtin:vit-digits"},
-        "data": {"builtin": "builtin:digits", "num_calibration": 16, "batch_size": 16},
+        "model": {
+            "name": TINY_VIT,
+            "arch_kwargs": {**TINY_VIT_KWARGS, "depth": 2},
+            "weights_artifact_id": inputs["weights"],
+        },
+        "data": {"artifact_id": inputs["images"], "num_calibration": 16, "batch_size": 16},
         "method": {"quantizer": "minmax", "candidate_wbits": [4, 8], "candidate_abits": [8], **method},
         "seed": 3,
         "device": "cpu",
@@ -179,11 +194,11 @@ def _wait(client: TestClient, job_id: str, timeout: float = 300) -> dict[str, An
         time.sleep(0.2)
 
 
-def test_every_job_runs_exactly_once_and_completes(cluster) -> None:
+def test_every_job_runs_exactly_once_and_completes(cluster, inputs) -> None:
     client, workers = cluster["client"], cluster["workers"]
     ids = []
     for wbits in (4, 8, 4, 8):
-        response = client.post("/v1/jobs", json=_spec(wbits=wbits, abits=8))
+        response = client.post("/v1/jobs", json=_spec(inputs, wbits=wbits, abits=8))
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
     jobs = [_wait(client, job_id) for job_id in ids]
@@ -193,9 +208,9 @@ def test_every_job_runs_exactly_once_and_completes(cluster) -> None:
     assert len({workers.pid_running(job_id) for job_id in ids}) == 2, "both workers should have taken jobs"
 
 
-def test_killed_worker_job_resumes_on_the_other_and_matches(cluster) -> None:
+def test_killed_worker_job_resumes_on_the_other_and_matches(cluster, inputs) -> None:
     client, workers = cluster["client"], cluster["workers"]
-    spec = _spec(budgets={"wbits": 6.0})
+    spec = _spec(inputs, budgets={"wbits": 7.6})
     reference = _wait(client, client.post("/v1/jobs", json=spec).json()["id"])
     assert reference["status"] == "succeeded", reference["error"]
 
@@ -221,11 +236,13 @@ def test_killed_worker_job_resumes_on_the_other_and_matches(cluster) -> None:
     assert sum(p.poll() is None for p in workers.processes) == 1
 
 
-def test_cancel_reaches_a_running_worker(cluster) -> None:
+def test_cancel_reaches_a_running_worker(cluster, inputs) -> None:
     client = cluster["client"]
-    job_id = client.post("/v1/jobs", json=_spec(budgets={"wbits": 6.0})).json()["id"]
+    spec = _spec(inputs, budgets={"wbits": 7.6})
+    spec["data"] = {"artifact_id": inputs["many_images"], "num_calibration": 48, "batch_size": 16}
+    job_id = client.post("/v1/jobs", json=spec).json()["id"]
     deadline = time.monotonic() + 300
-    while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
+    while client.get(f"/v1/jobs/{job_id}").json()["stage"] != "sensitivity":  # mid-run, not at its end
         assert time.monotonic() < deadline
         time.sleep(0.05)
     response = client.post(f"/v1/jobs/{job_id}/cancel")
