@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from . import dp
 from .backends import Backend
 from .compile import Compiled, Group
-from .heuristic import round_lp
+from .heuristic import cheapest_start, round_lp
 from .lagrange import fix_by_reduced_cost, lagrangian
 from .numerics import feasible, objective, usage
 from .search import branch_and_bound
@@ -139,9 +139,16 @@ def solve_general(
             stats=stats,
         )
 
+    t0 = time.perf_counter()
     lp = backend.solve_lp(fgroups, rhs, limits, _remaining(deadline))
+    stats["lp_time"] = time.perf_counter() - t0
     if lp.status == "infeasible":
         return finish("infeasible", None, None, "")
+    if lp.status != "optimal" and incumbent is None:
+        # LP stopped by the time limit (or failed): a quick greedy assignment, so a stop still returns one
+        start_choice = cheapest_start(fgroups, rhs, deadline)
+        if start_choice is not None:
+            incumbent, inc_value = start_choice, objective(fgroups, start_choice)
     lower = float("-inf")
     rcs: list[list[float]] | None = None
     if lp.status == "optimal":
@@ -153,7 +160,9 @@ def solve_general(
             if status == "optimal" and choice is not None:
                 stats["dp"] = 1
                 return finish("optimal", choice, objective(fgroups, choice), "optimal: dynamic program")
+        t0 = time.perf_counter()
         rounded = round_lp(fgroups, lp.x or [], rhs, lp.lam)
+        stats["heuristic_time"] = time.perf_counter() - t0
         if rounded is not None:
             value = objective(fgroups, rounded)
             if value < inc_value:
@@ -208,6 +217,7 @@ def solve_general(
             )
         return finish("feasible", incumbent, lower if rcs is not None else None, "time limit reached")
 
+    t0 = time.perf_counter()
     mip = backend.solve_mip(
         mip_groups,
         mip_rhs,
@@ -218,6 +228,7 @@ def solve_general(
         mip_gap=mip_gap,
     )
     stats["mip_called"] = 1
+    stats["mip_time"] = time.perf_counter() - t0
     if mip.status == "infeasible":
         return finish("infeasible", None, None, "")
     mip_bound = None if mip.bound is None else mip.bound - const_sens

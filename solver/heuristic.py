@@ -7,12 +7,13 @@ drives reduced-cost fixing (:mod:`solver.lagrange`), which decides how small the
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 
 from .compile import Group
 from .numerics import feasible, fits, usage
 
-__all__ = ["improve", "repair", "round_lp"]
+__all__ = ["cheapest_start", "improve", "repair", "round_lp"]
 
 _MAX_COMBOS = 64
 
@@ -21,14 +22,24 @@ def _violation(used: Sequence[float], limits: Sequence[float]) -> float:
     return sum(max(0.0, u - b) / b for u, b in zip(used, limits))
 
 
+def _late(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
+
+
 def repair(
-    groups: Sequence[Group], choice: list[int], limits: Sequence[float], max_steps: int = 10_000
+    groups: Sequence[Group],
+    choice: list[int],
+    limits: Sequence[float],
+    max_steps: int = 10_000,
+    deadline: float | None = None,
 ) -> bool:
     """Greedy repair in place: repeatedly take the move with the least sensitivity increase per unit of
     (limit-normalised) violation removed. Returns whether the choice now meets every budget."""
     m = len(limits)
     used = usage(groups, choice, m)
     for _ in range(max_steps):
+        if _late(deadline):
+            break
         total = _violation(used, limits)
         if feasible(used, limits):
             return True
@@ -58,13 +69,19 @@ def repair(
 
 
 def improve(
-    groups: Sequence[Group], choice: list[int], limits: Sequence[float], max_steps: int = 10_000
+    groups: Sequence[Group],
+    choice: list[int],
+    limits: Sequence[float],
+    max_steps: int = 10_000,
+    deadline: float | None = None,
 ) -> None:
     """1-opt descent in place: while some single change lowers the objective and keeps every budget met, make
     the one that lowers it most."""
     m = len(limits)
     used = usage(groups, choice, m)
     for _ in range(max_steps):
+        if _late(deadline):
+            return
         best: tuple[float, int, int] | None = None
         for gi, g in enumerate(groups):
             cur = choice[gi]
@@ -122,4 +139,22 @@ def round_lp(
     if not repair(groups, choice, limits):
         return None
     improve(groups, choice, limits)
+    return choice
+
+
+def cheapest_start(
+    groups: Sequence[Group], limits: Sequence[float], deadline: float | None
+) -> list[int] | None:
+    """Without an LP solution: start from the cheapest options (limit-normalised cost), repair, improve, all
+    within ``deadline``. Returns a choice meeting every budget, or None."""
+    choice = [
+        min(
+            range(len(g.sens)),
+            key=lambda o, g=g: (sum(c / b for c, b in zip(g.costs[o], limits)), g.sens[o], o),
+        )
+        for g in groups
+    ]
+    if not repair(groups, choice, limits, deadline=deadline):
+        return None
+    improve(groups, choice, limits, deadline=deadline)
     return choice

@@ -120,3 +120,29 @@ def check_consistent(problem: Problem, result) -> None:
         assert used[b] <= lim * (1 + 1e-9)
         assert abs(result.usage[b].used - used[b]) <= 1e-9 * max(1.0, abs(used[b]))
         assert result.usage[b].limit == lim
+
+
+def large_problem(seed: int, n_layers: int = 150) -> Problem:
+    """A ViT-sized random problem: 6 x 5 candidates per layer, interacting sensitivities, 3 tight budgets."""
+    rng = random.Random(seed)
+    layers = []
+    for i in range(n_layers):
+        params, macs, elems = (rng.choice((1, 3, 4)) * 1e6 for _ in range(3))
+        sw, sa = rng.lognormvariate(0, 1), rng.lognormvariate(0, 1)
+        cands = [
+            Candidate(
+                w,
+                a,
+                (sw * 4.0 ** (2 - w) + sa * 4.0 ** (3 - a)) * rng.uniform(0.8, 1.2),
+                {"size": params * w / 8, "bops": macs * w * a, "abits": elems * a / 1e6},
+            )
+            for w in (2, 3, 4, 5, 6, 8)
+            for a in (3, 4, 5, 6, 8)
+        ]
+        layers.append(Layer(f"blocks.{i}.fc", cands))
+    limits = {}
+    for b, frac in (("size", 0.4), ("bops", 0.3), ("abits", 0.5)):
+        lo = sum(min(c.costs[b] for c in layer.candidates) for layer in layers)
+        hi = sum(max(c.costs[b] for c in layer.candidates) for layer in layers)
+        limits[b] = lo + frac * (hi - lo)
+    return Problem(layers, limits)

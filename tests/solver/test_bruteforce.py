@@ -19,7 +19,7 @@ CASES = [
     pytest.param({"ties": 3}, id="tie-group"),
     pytest.param({"ties": 2, "fixed": 1, "separable": True}, id="ties-fixed-separable"),
     pytest.param({"integer_costs": True, "tightness": 0.3}, id="integer-costs"),
-    pytest.param({"n_layers": 7, "grid": ((2, 4), (4, 6, 8)), "tightness": 0.2}, id="seven-layers-tight"),
+    pytest.param({"n_layers": 6, "grid": ((2, 4), (4, 6, 8)), "tightness": 0.2}, id="six-layers-tight"),
 ]
 
 
