@@ -50,25 +50,49 @@ def _cache_key(config: PipelineConfig) -> str | None:
     return config.model_dump_json()
 
 
-def validate(config: PipelineConfig) -> None:
-    """Run the pipeline's fast checks; 422 with its code, message and details when the user must fix something.
+_IN_FLIGHT: dict[str, threading.Lock] = {}
 
-    Successful validations are remembered (see ``_VALIDATED``) so resubmitting the same job is cheap.
-    """
-    key = _cache_key(config)
-    if key is not None:
-        with _VALIDATED_LOCK:
-            if key in _VALIDATED:
-                _VALIDATED.move_to_end(key)
-                return
+
+def _remembered(key: str) -> bool:
+    with _VALIDATED_LOCK:
+        if key in _VALIDATED:
+            _VALIDATED.move_to_end(key)
+            return True
+    return False
+
+
+def _run_validation(config: PipelineConfig) -> None:
     pipeline = pipeline_module()
     try:
         pipeline.validate_config(config)
     except pipeline.PipelineInputError as exc:
         error = input_error_to_dict(exc)
         raise UnprocessableEntity(error["message"], code=error["code"], details=error["details"]) from exc
-    if key is not None:
-        with _VALIDATED_LOCK:
-            _VALIDATED[key] = None
-            while len(_VALIDATED) > _VALIDATED_MAX:
-                _VALIDATED.popitem(last=False)
+
+
+def validate(config: PipelineConfig) -> None:
+    """Run the pipeline's fast checks; 422 with its code, message and details when the user must fix something.
+
+    Successful validations are remembered (see ``_VALIDATED``), and concurrent requests for the same
+    configuration wait for one validation instead of each running their own (single flight).
+    """
+    key = _cache_key(config)
+    if key is None:
+        _run_validation(config)
+        return
+    if _remembered(key):
+        return
+    with _VALIDATED_LOCK:
+        lock = _IN_FLIGHT.setdefault(key, threading.Lock())
+    with lock:
+        if _remembered(key):
+            return
+        try:
+            _run_validation(config)
+            with _VALIDATED_LOCK:
+                _VALIDATED[key] = None
+                while len(_VALIDATED) > _VALIDATED_MAX:
+                    _VALIDATED.popitem(last=False)
+        finally:
+            with _VALIDATED_LOCK:
+                _IN_FLIGHT.pop(key, None)
