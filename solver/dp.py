@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .compile import Group
 from .numerics import FEAS_RTOL
 
-__all__ = ["DPResult", "available", "solve_one_budget"]
+__all__ = ["DPResult", "SuffixLP", "available", "pareto_fronts", "solve_one_budget"]
 
 try:
     import numpy as np
@@ -69,7 +69,7 @@ def _hull(costs: Sequence[float], sens: Sequence[float]) -> tuple[int, list[tupl
     return hull[0], segs
 
 
-class _SuffixLP:
+class SuffixLP:
     """LP value of groups ``order[d:]`` as a function of capacity, for every depth d."""
 
     def __init__(self, costs: list[list[float]], sens: list[list[float]]):
@@ -155,7 +155,7 @@ def solve_one_budget(
         return DPResult("infeasible")
     ub = sum(sens[d][o] for d, o in enumerate(start))
     tol = 1e-9 * (abs(ub) + sum(max(abs(s) for s in ss) for ss in sens)) + 1e-300
-    suffix = _SuffixLP(costs, sens)
+    suffix = SuffixLP(costs, sens)
     min_rest = [0.0] * (n + 1)
     for d in range(n - 1, -1, -1):
         min_rest[d] = min_rest[d + 1] + min(costs[d])
@@ -203,3 +203,36 @@ def solve_one_budget(
         choice[order[d]] = int(option[i])
         i = int(parent[i])
     return DPResult("optimal", choice, sum(groups[g].sens[o] for g, o in enumerate(choice)), peak)
+
+
+def pareto_fronts(
+    costs: list[list[float]],
+    sens: list[list[float]],
+    cap: float,
+    bound: SuffixLP,
+    ceiling: float,
+    deadline: float | None = None,
+) -> list | None:
+    """Pareto fronts of (cost, sensitivity) after each prefix of the groups: ``fronts[d]`` holds the states of
+    groups ``0..d-1`` as two arrays sorted by cost (sensitivity strictly decreasing), keeping only states that
+    fit ``cap`` with the cheapest completion and whose sensitivity plus ``bound`` (LP of the remaining groups)
+    stays within ``ceiling``. None when ``deadline`` passes first."""
+    cost_states = np.zeros(1)
+    sens_states = np.zeros(1)
+    fronts = [(cost_states, sens_states)]
+    for d in range(len(costs)):
+        if deadline is not None and time.perf_counter() > deadline:
+            return None
+        c2 = (cost_states[:, None] + np.asarray(costs[d])[None, :]).ravel()
+        s2 = (sens_states[:, None] + np.asarray(sens[d])[None, :]).ravel()
+        keep = s2 + bound.value(d + 1, cap - c2) <= ceiling
+        c2, s2 = c2[keep], s2[keep]
+        o = np.lexsort((s2, c2))
+        c2, s2 = c2[o], s2[o]
+        if len(s2) > 1:
+            prev = np.concatenate(([math.inf], np.minimum.accumulate(s2)[:-1]))
+            keep = s2 < prev
+            c2, s2 = c2[keep], s2[keep]
+        cost_states, sens_states = c2, s2
+        fronts.append((cost_states, sens_states))
+    return fronts

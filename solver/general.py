@@ -19,6 +19,7 @@ from . import dp
 from .backends import Backend
 from .compile import Compiled, Group
 from .heuristic import cheapest_start, round_lp
+from .lagdp import dp_fix, dp_incumbent
 from .lagrange import fix_by_reduced_cost, lagrangian
 from .numerics import feasible, objective, usage
 from .search import branch_and_bound
@@ -26,9 +27,14 @@ from .search import branch_and_bound
 __all__ = ["Outcome", "solve_general"]
 
 #: the depth-first search is tried only on reduced problems with at most this many free groups ...
-_SEARCH_MAX_GROUPS = 20
+_SEARCH_MAX_GROUPS = 12
 #: ... and stops after this many nodes (then the MIP backend takes over)
-_SEARCH_NODES = 5_000
+_SEARCH_NODES = 2_000
+#: the Lagrangian dynamic program runs when reduced-cost fixing leaves at most this many free groups (beyond,
+#: its fronts grow large and it costs more than it saves)
+_LAGDP_MAX_GROUPS = 200
+#: re-solves with tightened limits when a MIP assignment breaks a budget by the backend's tolerance
+_MIP_RETRIES = 2
 
 
 @dataclass
@@ -72,6 +78,57 @@ def _single_budget(
     if feasible(usage(groups, res.choice, len(limits)), limits):
         return "optimal", res.choice
     return "other_budget_broken", res.choice
+
+
+def _lagrangian_dp(
+    fgroups: Sequence[Group],
+    rhs: Sequence[float],
+    lam: Sequence[float],
+    binding: Sequence[int],
+    incumbent: list[int],
+    inc_value: float,
+    rcs: Sequence[Sequence[float]],
+    lower: float,
+    tol: float,
+    deadline: float | None,
+) -> tuple[list[int], float, list[list[int]], float]:
+    """Several budgets bind: better incumbents and exact option fixing from the Lagrangian dynamic program
+    (:mod:`solver.lagdp`), one kept budget at a time. Returns (incumbent, its value, options kept per group,
+    the best Lagrangian-DP bound)."""
+    order = sorted(binding, key=lambda k: -lam[k] * rhs[k])
+    keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
+    for k in order:
+        if _expired(deadline):
+            break
+        cand = dp_incumbent([g.subset(kk) for g, kk in zip(fgroups, keep)], rhs, lam, k, deadline)
+        if cand is not None:
+            full = [kk[o] for kk, o in zip(keep, cand)]
+            value = objective(fgroups, full)
+            if value < inc_value:
+                incumbent, inc_value = full, value
+    keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
+    bound = float("-inf")
+    for _ in range(2):
+        changed = False
+        for k in order:
+            if _expired(deadline):
+                break
+            fixed = dp_fix([g.subset(kk) for g, kk in zip(fgroups, keep)], rhs, lam, k, inc_value, deadline)
+            if fixed is None:
+                break
+            kept, b = fixed
+            bound = max(bound, b)
+            new = []
+            for kk, kp, o in zip(keep, kept, incumbent):
+                nk = [kk[i] for i in kp]
+                if o not in nk:  # the incumbent always qualifies; guard against rounding
+                    nk = sorted([*nk, o])
+                changed = changed or len(nk) != len(kk)
+                new.append(nk)
+            keep = new
+        if not changed:
+            break
+    return incumbent, inc_value, keep, bound
 
 
 def solve_general(
@@ -149,10 +206,13 @@ def solve_general(
         start_choice = cheapest_start(fgroups, rhs, deadline)
         if start_choice is not None:
             incumbent, inc_value = start_choice, objective(fgroups, start_choice)
-    lower = float("-inf")
+    lower = float("-inf")  # Lagrangian bound L(lam) of the LP multipliers (pairs with the reduced costs)
+    proven = lower  # best proven lower bound
+    binding: list[int] = []
     rcs: list[list[float]] | None = None
     if lp.status == "optimal":
         lower, rcs = lagrangian(fgroups, rhs, lp.lam)
+        proven = lower
         stats["lp_bound"] = lower + const_sens
         binding = [k for k in range(m) if lp.lam[k] * limits[k] > 1e-12 * max(1.0, abs(lower))]
         if len(binding) == 1 and dp.available():
@@ -176,6 +236,21 @@ def solve_general(
     if incumbent is not None and rcs is not None:
         tol = 1e-9 * (abs(inc_value) + abs(lower) + sum(lam * b for lam, b in zip(lp.lam, rhs))) + 1e-12
         keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
+        if dp.available() and len(binding) >= 2 and sum(len(k) > 1 for k in keep) <= _LAGDP_MAX_GROUPS:
+            t0 = time.perf_counter()
+            incumbent, inc_value, keep, dp_bound = _lagrangian_dp(
+                fgroups, rhs, lp.lam, binding, incumbent, inc_value, rcs, lower, tol, deadline
+            )
+            stats["lagrangian_dp_time"] = time.perf_counter() - t0
+            stats["lagrangian_dp_bound"] = min(dp_bound, inc_value) + const_sens
+            stats["dp_objective"] = inc_value + const_sens
+            proven = max(proven, min(dp_bound, inc_value))
+            if proven >= inc_value - tol:
+                return finish(
+                    "optimal", incumbent, inc_value, "optimal: proven by the Lagrangian dynamic program"
+                )
+        else:
+            keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
         stats["candidates_after_fixing"] = sum(len(k) for k in keep) + len(const)
         sub_idx = [i for i, k in enumerate(keep) if len(k) > 1]
         stats["free_groups"] = len(sub_idx)
@@ -215,31 +290,46 @@ def solve_general(
             return finish(
                 "time_limit_no_solution", None, None, "time limit reached before any assignment was found"
             )
-        return finish("feasible", incumbent, lower if rcs is not None else None, "time limit reached")
+        return finish("feasible", incumbent, proven if rcs is not None else None, "time limit reached")
 
     t0 = time.perf_counter()
-    mip = backend.solve_mip(
-        mip_groups,
-        mip_rhs,
-        limits,
-        offset=mip_offset + const_sens,
-        incumbent=mip_incumbent,
-        time_limit=_remaining(deadline),
-        mip_gap=mip_gap,
-    )
-    stats["mip_called"] = 1
-    stats["mip_time"] = time.perf_counter() - t0
-    if mip.status == "infeasible":
-        return finish("infeasible", None, None, "")
-    mip_bound = None if mip.bound is None else mip.bound - const_sens
+    mip_rhs = list(mip_rhs)
+    retried = False
     choice_free: list[int] | None = None
-    if mip.choice is not None:
+    for _ in range(_MIP_RETRIES + 1):
+        mip = backend.solve_mip(
+            mip_groups,
+            mip_rhs,
+            limits,
+            offset=mip_offset + const_sens,
+            incumbent=mip_incumbent,
+            time_limit=_remaining(deadline),
+            mip_gap=mip_gap,
+        )
+        choice_free = None
+        if mip.status == "infeasible" or mip.choice is None:
+            break
         if sub_idx is None:
             choice_free = list(mip.choice)
         else:
             choice_free = list(incumbent or [])
             for i, o in zip(sub_idx, mip.choice):
                 choice_free[i] = keep[i][o]
+        used = usage(fgroups, choice_free, m)
+        if feasible(used, rhs):
+            break
+        # the backend's tolerance let a budget slip: tighten what the reduced problem may use and solve again
+        retried = True
+        for k in range(m):
+            over = used[k] - rhs[k]
+            if over > 0:
+                mip_rhs[k] -= 2.0 * over + 1e-12 * abs(limits[k])
+        choice_free = None
+    stats["mip_called"] = 1
+    stats["mip_time"] = time.perf_counter() - t0
+    if mip.status == "infeasible" and not retried:
+        return finish("infeasible", None, None, "")
+    mip_bound = None if mip.bound is None or retried else mip.bound - const_sens
     if choice_free is None or (incumbent is not None and inc_value < objective(fgroups, choice_free)):
         choice_free = incumbent
     if choice_free is None:
@@ -249,12 +339,14 @@ def solve_general(
             )
         return finish("time_limit_no_solution", None, None, f"no assignment found: {mip.message}")
     value = objective(fgroups, choice_free)
-    if mip.status == "optimal":
+    if mip.status == "optimal" and not retried:
         return finish("optimal", choice_free, value, "optimal")
-    bounds = [b for b in (lower if rcs is not None else None, mip_bound) if b is not None]
+    bounds = [b for b in (proven if rcs is not None else None, mip_bound) if b is not None]
     if mip_bound is not None and sub_idx is not None:
         # the reduced problem's bound holds only inside it; outside, nothing beats the incumbent used for fixing
-        bounds = [lower, min(mip_bound, inc_value)]
+        bounds = [proven, min(mip_bound, inc_value)]
     bound = max(bounds) if bounds else None
     reason = mip.message or ("stopped at the requested mip_gap" if mip_gap > 0 else "stopped")
+    if retried:
+        reason = "the MIP backend's assignment broke a budget within its tolerance; re-solved with tightened limits"
     return finish("feasible", choice_free, bound, reason)

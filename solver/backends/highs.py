@@ -2,7 +2,8 @@
 
 Rows: one ``sum_o x_go = 1`` per group, then one ``sum c_go,k / scale_k * x_go <= rhs_k / scale_k`` per
 budget. The objective is divided by the largest |sensitivity| so that HiGHS's tolerances act on O(1) numbers.
-Single thread, so runs are deterministic.
+Single thread, so runs are deterministic. HiGHS's default tolerances apply (a budget may be exceeded by
+about 1e-7 of its limit); :mod:`solver.general` checks every returned assignment exactly.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from ..compile import Group
 from .base import LPOutcome, MIPOutcome
 
 __all__ = ["HighsBackend"]
-
-_TOL = 1e-10
 
 
 def _obj_scale(groups: Sequence[Group]) -> float:
@@ -67,8 +66,8 @@ def _build(
     h.silent()
     h.setOptionValue("threads", 1)
     h.setOptionValue("random_seed", 0)
-    h.setOptionValue("primal_feasibility_tolerance", _TOL)
-    h.setOptionValue("mip_feasibility_tolerance", _TOL)
+    # Default tolerances on purpose: tighter primal tolerances (1e-10) made HiGHS 1.15 prune the optimum on a
+    # ViT-L-sized instance after a restart. The caller checks budgets exactly and re-solves if one is broken.
     h.passModel(lp)
     return h
 
