@@ -29,20 +29,17 @@ from pathlib import Path
 
 import httpx
 
+#: A mixed-precision job on the built-in ViT that keeps the embedded worker busy during the measurement.
 BACKGROUND_JOB = {
     "name": "bench-background",
     "model": {"name": "builtin:vit-digits"},
-    "data": {"builtin": "builtin:digits", "num_calibration": 128, "batch_size": 32},
-    "method": {"budgets": {"wbits": 4.5}, "reconstruct": "fisher_dplr", "reconstruct_iters": 5000},
+    "data": {"builtin": "builtin:digits", "num_calibration": 256, "batch_size": 32},
+    "method": {"budgets": {"wbits": 4.5}, "iterative_rounds": 2},
     "device": "cpu",
 }
-CREATED_JOB = {
-    "name": "bench-create",
-    "model": {"name": "builtin:vit-digits"},
-    "data": {"builtin": "builtin:digits", "num_calibration": 32, "batch_size": 32},
-    "method": {"wbits": 4, "abits": 8},
-    "device": "cpu",
-}
+#: What the clients submit: the same configuration, so creation measures the API path (auth, artifact checks,
+#: remembered validation, insert of the job and its stages), not the first validate_config, which is timed once.
+CREATED_JOB = {**BACKGROUND_JOB, "name": "bench-create"}
 
 
 def _free_port() -> int:
@@ -208,8 +205,10 @@ def main() -> int:
             raise SystemExit("no generated key printed (database already had keys?)")
         key = match.group(1)
         headers = {"Authorization": f"Bearer {key}"}
-        response = httpx.post(f"{url}/v1/jobs", json=BACKGROUND_JOB, headers=headers, timeout=120)
+        start = time.perf_counter()
+        response = httpx.post(f"{url}/v1/jobs", json=BACKGROUND_JOB, headers=headers, timeout=600)
         response.raise_for_status()
+        cold_validation = time.perf_counter() - start
         job_id = response.json()["id"]
         for _ in range(600):
             job = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()
@@ -234,7 +233,11 @@ def main() -> int:
         )
         print(
             f"background job during polling: statuses seen {sorted(statuses)}, stage {job['stage']}, "
-            f"progress {progress_before:.3f} -> {job['progress']:.3f}\n"
+            f"progress {progress_before:.3f} -> {job['progress']:.3f}"
+        )
+        print(
+            f"first POST /v1/jobs of this configuration (cold validate_config): {cold_validation:.1f} s; "
+            f"load average {os.getloadavg()[0]:.1f}\n"
         )
         print(
             "| operation              | requests | errors | p50 (ms) | p95 (ms) | p99 (ms) | max (ms) |   req/s |"

@@ -25,8 +25,8 @@ from .server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-CALIB_IMAGES = 32
-EVAL_IMAGES = 64
+CALIB_IMAGES = 16
+EVAL_IMAGES = 32
 
 
 @pytest.fixture(scope="module")
