@@ -12,11 +12,12 @@
   packs two per byte) when every code and zero point of the layer fits in 4 bits, i.e. for weights of <= 4 bits.
   Weights kept at 16 bits are plain float initializers.
 - Uniform per-tensor activation quantizers: ``Clip -> QuantizeLinear -> DequantizeLinear`` with a ``uint8``
-  (or ``int8``) container. ONNX saturates to the container's range, so for fewer than 8 bits the ``Clip`` bounds
+  container. ONNX saturates to the container's range, so for fewer than 8 bits the ``Clip`` bounds
   ``((0 - z) s, (2^b - 1 - z) s)`` restrict the codes to ``b`` bits first; the container's zero point is chosen
   so the ``b``-bit code range fits it. The result equals the fake quantizer's ``(clamp(round(x/s) + z) - z) s``.
 - Post-softmax log2 and TanQ quantizers, dynamic per-token uniform quantizers and the rare uniform quantizer
-  whose zero point no 8-bit container can hold: exported as their equivalent float op graph (``Log``/``Pow`` for
+  whose zero point no uint8 container can hold (the codes ``[-z, 2^b - 1 - z]`` shifted by a zero point in
+  ``[0, 255]`` must stay in ``[0, 255]``): exported as their equivalent float op graph (``Log``/``Pow`` for
   log2, ``Tan``/``Atan`` for TanQ), i.e. simulated in float, producing the same values up to float rounding.
 
 The counts of each kind are recorded in the model's ``metadata_props`` (``mpq.qdq_activations``,
@@ -41,7 +42,7 @@ __all__ = ["ONNX_OPSET", "export_onnx"]
 
 #: ONNX opset of exported models (21: per-axis DequantizeLinear with int4/uint4 inputs).
 ONNX_OPSET = 21
-_CONTAINERS = ((torch.uint8, 0, 255), (torch.int8, -128, 127))
+_CONTAINERS = ((torch.uint8, 0, 255),)  # int8 would add nothing: its range is uint8's, shifted
 
 
 def _symbolic(op: str, inputs: tuple, dtype: torch.dtype, shape, attrs: dict | None = None) -> torch.Tensor:

@@ -316,6 +316,10 @@ def _pareto_chart(report: dict) -> str:
 
 def _timings_chart(report: dict) -> str:
     timings = {k: float(v) for k, v in (report.get("timings") or {}).items() if isinstance(v, (int, float))}
+    if not timings:  # the export stage writes the report before the run's timings are final: use the stages'
+        stages = report.get("stages") or {}
+        timings = {k: float(v["seconds"]) for k, v in stages.items()
+                   if isinstance(v, dict) and isinstance(v.get("seconds"), (int, float))}
     if not timings:
         return _section("Stage timings", _absent("no timings in this report"), "timings")
     names = [s for s in _STAGE_ORDER if s in timings] + [s for s in timings if s not in _STAGE_ORDER]
@@ -347,8 +351,9 @@ def _rounds_section(report: dict) -> str:
     solver = allocate.get("solver") or {}
     note = ""
     if solver:
-        note = (f'<p class="note">solver {escape(str(solver.get("backend", "")))}: status '
-                f'{escape(str(solver.get("status", "")))}, optimal {_fmt(solver.get("optimal"))}</p>')
+        backend = f" ({escape(str(solver['backend']))})" if solver.get("backend") else ""
+        note = (f'<p class="note">solver{backend}: status {escape(str(solver.get("status", "n/a")))}, optimal '
+                f'{_fmt(solver.get("optimal"))}, gap {_fmt(solver.get("gap"))}</p>')
     return _section("Allocation rounds", note + "<table><tr><th>round</th><th>objective</th><th>changed layers</th>"
                     f"<th>solve time (s)</th></tr>{rows}</table>", "rounds")
 

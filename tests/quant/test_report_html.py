@@ -98,6 +98,13 @@ def test_missing_sections_are_explained():
         assert phrase in empty
 
 
+def test_timings_fall_back_to_stage_seconds():
+    report = _report() | {"timings": {}}
+    report["stages"] = {"load": {"seconds": 1.5}, "evaluate": {"seconds": 2.0}, "allocate": {"rounds": []}}
+    html = render_report_html(report)
+    assert html.count('class="bar-t"') == 2 and "total 3.50 s" in html
+
+
 def test_text_is_escaped():
     report = _report()
     report["config"]["model"]["name"] = "<script>alert(1)</script>"

@@ -1,0 +1,118 @@
+"""ONNX QDQ export: exactness of the QDQ building blocks, onnx.checker, and onnxruntime accuracy on the built-in
+ViT (W8A8 and W4A4, uniform quantizers) against the PyTorch quantized model."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from quant.calibrate import calibrate_
+from quant.data import load_dataset
+from quant.evaluate import predict_logits
+from quant.models import build_model
+from quant.onnx_export import _ActivationQDQ, _container, export_onnx
+from quant.ptq import quantize_ptq
+from quant.quantizers import UniformQuantizer
+from quant.wrap import set_uniform_bits_, wrap_model_
+
+torch.set_num_threads(2)
+
+
+def _session(path):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_logits(session, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    outs = [session.run(None, {"images": images[i:i + batch].numpy()})[0] for i in range(0, len(images), batch)]
+    return torch.from_numpy(np.concatenate(outs))
+
+
+# ---- building blocks -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8], ids=lambda b: f"{b}bit")
+@pytest.mark.parametrize("low, high", [(-1.5, 2.0), (0.0, 1.0), (-3.0, -0.5), (0.25, 4.0)],
+                         ids=["mixed", "softmax", "negative", "positive"])
+def test_activation_qdq_equals_fake_quantizer(bits, low, high):
+    quantizer = UniformQuantizer(bits)
+    quantizer.set_range(low, high)
+    x = torch.linspace(low - 1, high + 1, 4001)
+    zero = int(quantizer.zero_point)
+    choice = _container(zero, 2**bits - 1)
+    if choice is None:  # only an 8-bit zero point outside [0, 255] has no container
+        assert bits == 8 and not 0 <= zero <= 255
+        return
+    assert torch.equal(_ActivationQDQ(quantizer, *choice)(x), quantizer.quantize(x))
+
+
+def test_container_choice():
+    assert _container(3, 15) == (torch.uint8, 3)
+    assert _container(-20, 15) == (torch.uint8, 0)  # codes [20, 35] in uint8
+    assert _container(250, 15) == (torch.uint8, 250)
+    assert _container(-250, 15) is None and _container(300, 15) is None  # zero point outside the container
+    assert _container(-1, 255) is None and _container(256, 255) is None
+    assert _container(0, 255) == (torch.uint8, 0)
+
+
+def test_swin_with_log2_exports_and_runs(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", img_size=16, patch_size=2, window_size=4, embed_dim=16,
+                              depths=(2,), num_heads=(2,), num_classes=10).eval()  # plain and shifted windows
+    wrap_model_(model, softmax="log2", minmax=True)
+    set_uniform_bits_(model, 4, 4)
+    images = torch.randn(8, 3, 16, 16)
+    calibrate_(model, [images])
+    path = export_onnx(model, tmp_path / "swin.onnx", (3, 16, 16))
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["mpq.float_simulated_activations"] == "2"  # one log2 quantizer per block
+    assert int(meta["mpq.int4_weights"]) > 0
+    ops = Counter(node.op_type for node in proto.graph.node)
+    assert ops["Log"] == 2 and ops["QuantizeLinear"] == int(meta["mpq.qdq_activations"])
+    with torch.no_grad():
+        expected = model(images)
+    got = _ort_logits(_session(path), images)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+# ---- the built-in ViT ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    model = build_model("builtin:vit-digits")
+    calib = load_dataset("builtin:digits", split="calib", model_name="builtin:vit-digits")
+    test = load_dataset("builtin:digits", split="test", model_name="builtin:vit-digits")
+    return model, calib.images[:64], test
+
+
+@pytest.mark.parametrize("wbits, abits", [(8, 8), (4, 4)], ids=["W8A8", "W4A4"])
+def test_onnxruntime_top1_matches_pytorch(digits, wbits, abits, tmp_path):
+    float_model, calib, test = digits
+    qmodel, _ = quantize_ptq(float_model, calib, method="minmax", wbits=wbits, abits=abits, head_bits=8)
+    path = export_onnx(qmodel, tmp_path / "model.onnx", (3, 32, 32))
+
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    ops = Counter(node.op_type for node in proto.graph.node)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    layers = 6 * 4 + 2  # qkv, proj, fc1, fc2 per block + patch embedding + head
+    assert meta["mpq.qdq_weights"] == str(layers) and meta["mpq.float_simulated_activations"] == "0"
+    assert ops["QuantizeLinear"] == int(meta["mpq.qdq_activations"]) == layers + 6 * 4  # + q, k, softmax, v
+    assert ops["DequantizeLinear"] == ops["QuantizeLinear"] + layers
+    int4 = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.UINT4]
+    assert len(int4) == (2 * (layers - 2) if wbits == 4 else 0)  # codes + zero points; head/patch stay 8-bit
+
+    torch_logits = predict_logits(qmodel, test.images, 250)
+    ort_logits = _ort_logits(_session(path), test.images)
+    torch_top1 = 100.0 * (torch_logits.argmax(1) == test.labels).float().mean().item()
+    ort_top1 = 100.0 * (ort_logits.argmax(1) == test.labels).float().mean().item()
+    assert abs(ort_top1 - torch_top1) <= 0.5, (ort_top1, torch_top1)
+    assert torch_top1 > 50.0
