@@ -6,6 +6,14 @@ usage and, when infeasible, the minimum achievable value of each budget::
 
     from solver import Candidate, Layer, Problem, solve
     result = solve(Problem(layers, budgets={"size": 20e6, "abits": 6.0}))
+
+How a problem is solved (see :mod:`solver.engine` and the modules it names): validation (exact messages) ->
+tie groups and fixed layers compiled into groups -> dominated candidates dropped -> budgets that cannot be met
+alone are reported -> separable problems (additive sensitivity, one-sided budgets) split into a weight part and
+an activation part -> one binding budget: exact dynamic program -> several: LP relaxation, Lagrangian bounds,
+reduced-cost and Lagrangian-DP fixing, then a small branch and bound or HiGHS (``highspy``; CBC via PuLP when
+HiGHS is missing) on what is left. "optimal" is only reported when proven. numpy (a highspy dependency) is used
+by the dynamic programs; without it they are skipped.
 """
 
 from .api import solve

@@ -4,9 +4,14 @@
   :mod:`solver.dp` (other budgets are checked afterwards; if one is broken, the path below runs).
 - Otherwise: LP relaxation (backend) -> multipliers ``lam`` -> Lagrangian bound ``L(lam)`` evaluated exactly here
   -> incumbent (LP rounding, repair, 1-opt; or the caller's hint) -> reduced-cost fixing with ``UB - L(lam)``
+  -> with several binding budgets, the Lagrangian dynamic program (:mod:`solver.lagdp`): better incumbents
+  (plus a pair-move local search) and exact fixing that keeps one budget exact at a time
   -> groups left with one option become constants -> small problems: depth-first branch and bound
   (:mod:`solver.search`); larger ones: the MIP backend started from the incumbent.
-Options are only removed when no assignment using them can beat the incumbent, so optimality is exact.
+Options are only removed when no assignment using them can beat the incumbent, so optimality is exact (up to
+the MIP backend's own optimality tolerances, set to zero gap). Every assignment a backend returns is checked
+against the budgets in exact arithmetic order; one that slipped by the backend's tolerance is re-solved with
+tightened limits (and then only called optimal if it matches the first run's bound).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass, field
 from . import dp
 from .backends import Backend
 from .compile import Compiled, Group
-from .heuristic import cheapest_start, round_lp
+from .heuristic import cheapest_start, round_lp, two_swap
 from .lagdp import dp_fix, dp_incumbent
 from .lagrange import fix_by_reduced_cost, lagrangian
 from .numerics import feasible, objective, usage
@@ -97,6 +102,17 @@ def _lagrangian_dp(
     the best Lagrangian-DP bound)."""
     order = sorted(binding, key=lambda k: -lam[k] * rhs[k])
     keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
+
+    def local_search(
+        keep: list[list[int]], incumbent: list[int], inc_value: float
+    ) -> tuple[list[int], float]:
+        sub = [g.subset(kk) for g, kk in zip(fgroups, keep)]
+        local = [kk.index(o) for kk, o in zip(keep, incumbent)]
+        two_swap(sub, local, rhs)
+        full = [kk[o] for kk, o in zip(keep, local)]
+        value = objective(fgroups, full)
+        return (full, value) if value < inc_value else (incumbent, inc_value)
+
     for k in order:
         if _expired(deadline):
             break
@@ -106,9 +122,10 @@ def _lagrangian_dp(
             value = objective(fgroups, full)
             if value < inc_value:
                 incumbent, inc_value = full, value
+    incumbent, inc_value = local_search(keep, incumbent, inc_value)
     keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
     bound = float("-inf")
-    for _ in range(2):
+    for _ in range(3):
         changed = False
         for k in order:
             if _expired(deadline):
@@ -126,6 +143,9 @@ def _lagrangian_dp(
                 changed = changed or len(nk) != len(kk)
                 new.append(nk)
             keep = new
+        better, better_value = local_search(keep, incumbent, inc_value)
+        if better_value < inc_value:
+            incumbent, inc_value, changed = better, better_value, True
         if not changed:
             break
     return incumbent, inc_value, keep, bound
@@ -295,8 +315,9 @@ def solve_general(
     t0 = time.perf_counter()
     mip_rhs = list(mip_rhs)
     retried = False
+    first_bound: float | None = None  # bound of the untightened MIP: valid for the original problem
     choice_free: list[int] | None = None
-    for _ in range(_MIP_RETRIES + 1):
+    for attempt in range(_MIP_RETRIES + 1):
         mip = backend.solve_mip(
             mip_groups,
             mip_rhs,
@@ -307,6 +328,8 @@ def solve_general(
             mip_gap=mip_gap,
         )
         choice_free = None
+        if attempt == 0 and mip.bound is not None:
+            first_bound = mip.bound - const_sens
         if mip.status == "infeasible" or mip.choice is None:
             break
         if sub_idx is None:
@@ -341,6 +364,14 @@ def solve_general(
     value = objective(fgroups, choice_free)
     if mip.status == "optimal" and not retried:
         return finish("optimal", choice_free, value, "optimal")
+    if retried and first_bound is not None:
+        # the first MIP's bound holds for a (tolerance-)relaxed problem, so it is a valid lower bound here
+        lb = first_bound if sub_idx is None else min(first_bound, inc_value)
+        if value <= lb + 1e-9 * max(1.0, abs(value)):
+            return finish(
+                "optimal", choice_free, value, "optimal (re-solved after a budget slipped by tolerance)"
+            )
+        proven = max(proven, lb)
     bounds = [b for b in (proven if rcs is not None else None, mip_bound) if b is not None]
     if mip_bound is not None and sub_idx is not None:
         # the reduced problem's bound holds only inside it; outside, nothing beats the incumbent used for fixing

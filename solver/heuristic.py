@@ -11,9 +11,9 @@ import time
 from collections.abc import Sequence
 
 from .compile import Group
-from .numerics import feasible, fits, usage
+from .numerics import FEAS_RTOL, feasible, fits, usage
 
-__all__ = ["cheapest_start", "improve", "repair", "round_lp"]
+__all__ = ["cheapest_start", "improve", "repair", "round_lp", "two_swap"]
 
 _MAX_COMBOS = 64
 
@@ -158,3 +158,39 @@ def cheapest_start(
         return None
     improve(groups, choice, limits, deadline=deadline)
     return choice
+
+
+def two_swap(
+    groups: Sequence[Group], choice: list[int], limits: Sequence[float], max_rounds: int = 50
+) -> None:
+    """Pair-move descent in place: change two groups at once (typically one up, one down) when that lowers the
+    objective and keeps every budget met; after each move, 1-opt. Meant for small reduced problems."""
+    m = len(limits)
+    for _ in range(max_rounds):
+        used = usage(groups, choice, m)
+        slack = [limits[k] + FEAS_RTOL * abs(limits[k]) - used[k] for k in range(m)]
+        moves = []
+        for gi, g in enumerate(groups):
+            cur = choice[gi]
+            cs, cc = g.sens[cur], g.costs[cur]
+            for o in range(len(g.sens)):
+                if o != cur:
+                    moves.append((g.sens[o] - cs, gi, o, tuple(g.costs[o][k] - cc[k] for k in range(m))))
+        moves.sort()
+        best: tuple[float, int, int, int, int] | None = None
+        for ds1, g1, o1, dc1 in moves:
+            if ds1 >= 0.0:
+                break
+            for ds2, g2, o2, dc2 in moves:
+                total = ds1 + ds2
+                if total >= 0.0 or (best is not None and total >= best[0]):
+                    break
+                if g2 != g1 and all(dc1[k] + dc2[k] <= slack[k] for k in range(m)):
+                    best = (total, g1, o1, g2, o2)
+                    break
+        if best is None:
+            return
+        _, g1, o1, g2, o2 = best
+        choice[g1] = o1
+        choice[g2] = o2
+        improve(groups, choice, limits)
