@@ -21,10 +21,10 @@ from .backends import Backend
 from .compile import Compiled
 from .decompose import Split, join, split_separable
 from .general import Outcome, solve_general
-from .numerics import fits, objective, usage
+from .numerics import fits, usage
 from .prune import prune_dominated
 
-__all__ = ["Outcome", "Prepared", "fmt", "prepare_compiled", "solve_prepared"]
+__all__ = ["Outcome", "Prepared", "deadline_for", "fmt", "prepare_compiled", "solve_prepared"]
 
 
 def fmt(x: float) -> str:
@@ -168,8 +168,3 @@ def solve_prepared(
 def deadline_for(time_limit: float | None) -> float | None:
     """``time.perf_counter()`` value ``time_limit`` seconds from now (None: no limit)."""
     return None if time_limit is None else time.perf_counter() + time_limit
-
-
-def value_of(prep: Prepared, choice: Sequence[int]) -> float:
-    """Objective of a raw choice."""
-    return objective(prep.raw.groups, choice)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from . import dp
 from .backends import Backend
 from .compile import Compiled, Group
-from .heuristic import cheapest_start, round_lp, two_swap
-from .lagdp import dp_fix, dp_incumbent
+from .heuristic import cheapest_start, round_lp
+from .lagdp import lagrangian_dp_stage
 from .lagrange import fix_by_reduced_cost, lagrangian
 from .numerics import feasible, objective, usage
 from .search import branch_and_bound
@@ -83,72 +83,6 @@ def _single_budget(
     if feasible(usage(groups, res.choice, len(limits)), limits):
         return "optimal", res.choice
     return "other_budget_broken", res.choice
-
-
-def _lagrangian_dp(
-    fgroups: Sequence[Group],
-    rhs: Sequence[float],
-    lam: Sequence[float],
-    binding: Sequence[int],
-    incumbent: list[int],
-    inc_value: float,
-    rcs: Sequence[Sequence[float]],
-    lower: float,
-    tol: float,
-    deadline: float | None,
-) -> tuple[list[int], float, list[list[int]], float]:
-    """Several budgets bind: better incumbents and exact option fixing from the Lagrangian dynamic program
-    (:mod:`solver.lagdp`), one kept budget at a time. Returns (incumbent, its value, options kept per group,
-    the best Lagrangian-DP bound)."""
-    order = sorted(binding, key=lambda k: -lam[k] * rhs[k])
-    keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
-
-    def local_search(
-        keep: list[list[int]], incumbent: list[int], inc_value: float
-    ) -> tuple[list[int], float]:
-        sub = [g.subset(kk) for g, kk in zip(fgroups, keep)]
-        local = [kk.index(o) for kk, o in zip(keep, incumbent)]
-        two_swap(sub, local, rhs)
-        full = [kk[o] for kk, o in zip(keep, local)]
-        value = objective(fgroups, full)
-        return (full, value) if value < inc_value else (incumbent, inc_value)
-
-    for k in order:
-        if _expired(deadline):
-            break
-        cand = dp_incumbent([g.subset(kk) for g, kk in zip(fgroups, keep)], rhs, lam, k, deadline)
-        if cand is not None:
-            full = [kk[o] for kk, o in zip(keep, cand)]
-            value = objective(fgroups, full)
-            if value < inc_value:
-                incumbent, inc_value = full, value
-    incumbent, inc_value = local_search(keep, incumbent, inc_value)
-    keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
-    bound = float("-inf")
-    for _ in range(3):
-        changed = False
-        for k in order:
-            if _expired(deadline):
-                break
-            fixed = dp_fix([g.subset(kk) for g, kk in zip(fgroups, keep)], rhs, lam, k, inc_value, deadline)
-            if fixed is None:
-                break
-            kept, b = fixed
-            bound = max(bound, b)
-            new = []
-            for kk, kp, o in zip(keep, kept, incumbent):
-                nk = [kk[i] for i in kp]
-                if o not in nk:  # the incumbent always qualifies; guard against rounding
-                    nk = sorted([*nk, o])
-                changed = changed or len(nk) != len(kk)
-                new.append(nk)
-            keep = new
-        better, better_value = local_search(keep, incumbent, inc_value)
-        if better_value < inc_value:
-            incumbent, inc_value, changed = better, better_value, True
-        if not changed:
-            break
-    return incumbent, inc_value, keep, bound
 
 
 def solve_general(
@@ -258,7 +192,7 @@ def solve_general(
         keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
         if dp.available() and len(binding) >= 2 and sum(len(k) > 1 for k in keep) <= _LAGDP_MAX_GROUPS:
             t0 = time.perf_counter()
-            incumbent, inc_value, keep, dp_bound = _lagrangian_dp(
+            incumbent, inc_value, keep, dp_bound = lagrangian_dp_stage(
                 fgroups, rhs, lp.lam, binding, incumbent, inc_value, rcs, lower, tol, deadline
             )
             stats["lagrangian_dp_time"] = time.perf_counter() - t0

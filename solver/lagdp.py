@@ -17,14 +17,16 @@ Incumbents: the single-budget optimum itself, repaired for the other budgets and
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 from . import dp
 from .compile import Group
-from .heuristic import improve, repair
-from .numerics import FEAS_RTOL
+from .heuristic import improve, repair, two_swap
+from .lagrange import fix_by_reduced_cost
+from .numerics import FEAS_RTOL, objective
 
-__all__ = ["dp_fix", "dp_incumbent", "lagrangian_groups"]
+__all__ = ["dp_fix", "dp_incumbent", "lagrangian_dp_stage", "lagrangian_groups"]
 
 
 def lagrangian_groups(groups: Sequence[Group], lam: Sequence[float], k: int) -> tuple[list[Group], float]:
@@ -108,3 +110,73 @@ def dp_incumbent(
         return None
     improve(groups, choice, limits, deadline=deadline)
     return choice
+
+
+def _late(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
+
+
+def lagrangian_dp_stage(
+    fgroups: Sequence[Group],
+    rhs: Sequence[float],
+    lam: Sequence[float],
+    binding: Sequence[int],
+    incumbent: list[int],
+    inc_value: float,
+    rcs: Sequence[Sequence[float]],
+    lower: float,
+    tol: float,
+    deadline: float | None,
+) -> tuple[list[int], float, list[list[int]], float]:
+    """Several budgets bind: better incumbents and exact option fixing from the Lagrangian dynamic program
+    (:mod:`solver.lagdp`), one kept budget at a time. Returns (incumbent, its value, options kept per group,
+    the best Lagrangian-DP bound)."""
+    order = sorted(binding, key=lambda k: -lam[k] * rhs[k])
+    keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
+
+    def local_search(
+        keep: list[list[int]], incumbent: list[int], inc_value: float
+    ) -> tuple[list[int], float]:
+        sub = [g.subset(kk) for g, kk in zip(fgroups, keep)]
+        local = [kk.index(o) for kk, o in zip(keep, incumbent)]
+        two_swap(sub, local, rhs)
+        full = [kk[o] for kk, o in zip(keep, local)]
+        value = objective(fgroups, full)
+        return (full, value) if value < inc_value else (incumbent, inc_value)
+
+    for k in order:
+        if _late(deadline):
+            break
+        cand = dp_incumbent([g.subset(kk) for g, kk in zip(fgroups, keep)], rhs, lam, k, deadline)
+        if cand is not None:
+            full = [kk[o] for kk, o in zip(keep, cand)]
+            value = objective(fgroups, full)
+            if value < inc_value:
+                incumbent, inc_value = full, value
+    incumbent, inc_value = local_search(keep, incumbent, inc_value)
+    keep = fix_by_reduced_cost(rcs, inc_value - lower + tol)
+    bound = float("-inf")
+    for _ in range(3):
+        changed = False
+        for k in order:
+            if _late(deadline):
+                break
+            fixed = dp_fix([g.subset(kk) for g, kk in zip(fgroups, keep)], rhs, lam, k, inc_value, deadline)
+            if fixed is None:
+                break
+            kept, b = fixed
+            bound = max(bound, b)
+            new = []
+            for kk, kp, o in zip(keep, kept, incumbent):
+                nk = [kk[i] for i in kp]
+                if o not in nk:  # the incumbent always qualifies; guard against rounding
+                    nk = sorted([*nk, o])
+                changed = changed or len(nk) != len(kk)
+                new.append(nk)
+            keep = new
+        better, better_value = local_search(keep, incumbent, inc_value)
+        if better_value < inc_value:
+            incumbent, inc_value, changed = better, better_value, True
+        if not changed:
+            break
+    return incumbent, inc_value, keep, bound
