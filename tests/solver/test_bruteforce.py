@@ -66,3 +66,16 @@ def test_deterministic(seed):
     problem = random_problem(seed + 300, n_layers=6)
     first = solve(problem)
     assert all(solve(problem).assignment == first.assignment for _ in range(3))
+
+
+def test_auto_falls_back_to_cbc_without_highspy(monkeypatch):
+    from solver import backends
+
+    monkeypatch.setattr(backends, "highs_available", lambda: False)
+    monkeypatch.setattr(general, "_SEARCH_MAX_GROUPS", -1)
+    monkeypatch.setattr(general.dp, "available", lambda: False)
+    monkeypatch.setattr(engine, "split_separable", lambda comp: None)
+    problem = random_problem(400, tightness=0.35)
+    result = solve(problem)
+    assert result.backend == "cbc"
+    _assert_matches(problem, result)
