@@ -78,17 +78,29 @@ class SuffixLP:
         self.base_sens = [0.0] * (n + 1)
         self.cum_cost: list = [np.zeros(1)] * (n + 1)
         self.cum_sens: list = [np.zeros(1)] * (n + 1)
-        segs: list[tuple[float, float]] = []
+        seg_group: list[int] = []
+        seg_dc: list[float] = []
+        seg_ds: list[float] = []
         for d in range(n - 1, -1, -1):
             start, sg = _hull(costs[d], sens[d])
             self.base_cost[d] = self.base_cost[d + 1] + costs[d][start]
             self.base_sens[d] = self.base_sens[d + 1] + sens[d][start]
-            segs.extend((dc, ds) for dc, ds, _ in sg)
-            if segs:
-                arr = np.asarray(segs)
-                o = np.argsort(arr[:, 1] / arr[:, 0], kind="stable")
-                self.cum_cost[d] = np.concatenate(([0.0], np.cumsum(arr[o, 0])))
-                self.cum_sens[d] = np.concatenate(([0.0], np.cumsum(arr[o, 1])))
+            for dc, ds, _ in sg:
+                seg_group.append(d)
+                seg_dc.append(dc)
+                seg_ds.append(ds)
+        if not seg_group:
+            return
+        # sort all hull segments by slope once; the suffix from depth d uses those of groups >= d, in that order
+        group = np.asarray(seg_group)
+        dc = np.asarray(seg_dc)
+        ds = np.asarray(seg_ds)
+        o = np.argsort(ds / dc, kind="stable")
+        group, dc, ds = group[o], dc[o], ds[o]
+        for d in range(n - 1, -1, -1):
+            mask = group >= d
+            self.cum_cost[d] = np.concatenate(([0.0], np.cumsum(dc[mask])))
+            self.cum_sens[d] = np.concatenate(([0.0], np.cumsum(ds[mask])))
 
     def value(self, d: int, capacity):
         """Lower bound on the sensitivity of groups d.. given ``capacity`` (array); -inf-safe: +inf if the
