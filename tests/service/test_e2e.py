@@ -52,21 +52,33 @@ def vit_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'mpq.db'}"
-        return
-    url, schema = make_pg_schema_url(request.getfixturevalue("pg_server"))
-    yield url
-    drop_pg_schema(schema)
-
-
 def _server(database_url: str, tmp_path: Path) -> ServerProcess:
     server = ServerProcess(database_url, tmp_path, MPQ_WORKER_THREADS=str(max(1, (os.cpu_count() or 2) - 1)))
     server.start()
     assert server.api_key, f"mpq serve did not print a generated key:\n{server.log_tail()}"
     return server
+
+
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One SQLite server for the module: later tests reuse its warm validation cache and uploads (the first
+    validate_config of a configuration costs tens of seconds on a small machine)."""
+    root = tmp_path_factory.mktemp("sqlite-server")
+    server = _server(f"sqlite:///{root / 'mpq.db'}", root)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_server")
+        return
+    url, schema = make_pg_schema_url(request.getfixturevalue("pg_server"))
+    pg_server = _server(url, tmp_path)
+    yield pg_server
+    pg_server.stop()
+    drop_pg_schema(schema)
 
 
 def _job_spec(
@@ -126,71 +138,64 @@ def _reproduce_metrics(bundle: Path, inputs: dict[str, Any], metrics: dict[str, 
 
 
 def test_mixed_precision_job_end_to_end(
-    database_url: str, tmp_path: Path, vit_inputs: dict[str, Any]
+    server: ServerProcess, tmp_path: Path, vit_inputs: dict[str, Any]
 ) -> None:
-    server = _server(database_url, tmp_path)
-    try:
-        with MPQClient(server.url, server.api_key) as client:
-            ids = _upload_inputs(client, vit_inputs)
-            job = client.create_job(_job_spec(ids, vit_inputs, budgets={"wbits": 6.0}))
-            assert job["status"] == "queued"
-            seen: list[tuple[str, float, str | None]] = []
-            job = client.wait(
-                job["id"],
-                timeout=300,
-                interval=0.2,
-                on_update=lambda j: seen.append((j["status"], j["progress"], j["stage"])),
+    with MPQClient(server.url, server.api_key) as client:
+        ids = _upload_inputs(client, vit_inputs)
+        job = client.create_job(_job_spec(ids, vit_inputs, budgets={"wbits": 6.0}))
+        assert job["status"] == "queued"
+        seen: list[tuple[str, float, str | None]] = []
+        job = client.wait(
+            job["id"],
+            timeout=300,
+            interval=0.2,
+            on_update=lambda j: seen.append((j["status"], j["progress"], j["stage"])),
+        )
+        assert job["status"] == "succeeded", (job["error"], server.log_tail())
+        assert job["progress"] == 1.0 and job["attempts"] == 1
+        running = [entry for entry in seen if entry[0] == "running"]
+        assert running, "the job was never observed running"
+        progress = [entry[1] for entry in running]
+        assert progress == sorted(progress), "progress must not go backwards"
+        stages = {stage["name"]: stage for stage in job["stages"]}
+        for name in ("load", "sensitivity", "allocate", "evaluate", "export"):
+            stage = stages[name]
+            assert stage["status"] == "finished", stage
+            assert (
+                stage["started_at"] and stage["finished_at"] and stage["started_at"] <= stage["finished_at"]
             )
-            assert job["status"] == "succeeded", (job["error"], server.log_tail())
-            assert job["progress"] == 1.0 and job["attempts"] == 1
-            running = [entry for entry in seen if entry[0] == "running"]
-            assert running, "the job was never observed running"
-            progress = [entry[1] for entry in running]
-            assert progress == sorted(progress), "progress must not go backwards"
-            stages = {stage["name"]: stage for stage in job["stages"]}
-            for name in ("load", "sensitivity", "allocate", "evaluate", "export"):
-                stage = stages[name]
-                assert stage["status"] == "finished", stage
-                assert (
-                    stage["started_at"]
-                    and stage["finished_at"]
-                    and stage["started_at"] <= stage["finished_at"]
-                )
-                assert stage["output"] is not None
-            assert stages["reconstruct"]["status"] == "skipped"
+            assert stage["output"] is not None
+        assert stages["reconstruct"]["status"] == "skipped"
 
-            report = client.report(job["id"])
-            wbits = {layer["wbits"] for layer in report["layers"]}
-            assert wbits <= {4, 8, 16} and {4, 8} <= wbits, f"expected a mix of 4 and 8 bits, got {wbits}"
-            metrics = report["result"]["metrics"]
-            assert metrics["bits"]["weights_avg"] <= 6.0 + 1e-6
-            assert job["metrics"] == metrics
+        report = client.report(job["id"])
+        wbits = {layer["wbits"] for layer in report["layers"]}
+        assert wbits <= {4, 8, 16} and {4, 8} <= wbits, f"expected a mix of 4 and 8 bits, got {wbits}"
+        assert all(layer["sensitivity"] is not None for layer in report["layers"] if layer["wbits"] in (4, 8))
+        metrics = report["result"]["metrics"]
+        assert metrics["bits"]["weights_avg"] <= 6.0 + 1e-6
+        assert job["metrics"] == metrics
 
-            bundle = client.download(job["id"], tmp_path / "bundle")
-            assert {"model.safetensors", "quant_config.json", "report.json"} <= {
-                p.name for p in bundle.iterdir()
-            }
-            _reproduce_metrics(bundle, vit_inputs, metrics)
+        bundle = client.download(job["id"], tmp_path / "bundle")
+        assert {"model.safetensors", "quant_config.json", "report.json"} <= {p.name for p in bundle.iterdir()}
+        _reproduce_metrics(bundle, vit_inputs, metrics)
 
-            child = client.reallocate(job["id"], {"wbits": 5.0})
-            assert child["parent_id"] == job["id"]
-            child = client.wait(child["id"], timeout=300, interval=0.2)
-            assert child["status"] == "succeeded", (child["error"], server.log_tail())
-            child_stages = {stage["name"]: stage for stage in child["stages"]}
-            sensitivity = child_stages["sensitivity"]
-            assert sensitivity["status"] == "reused" and sensitivity["reused_from"] == job["id"]
-            assert sensitivity["started_at"] is None and sensitivity["finished_at"] is None
-            assert sensitivity["output"] == stages["sensitivity"]["output"]
-            assert child_stages["allocate"]["status"] == "finished"
-            child_metrics = client.report(child["id"])["result"]["metrics"]
-            assert child_metrics["bits"]["weights_avg"] <= 5.0 + 1e-6
-            assert child_metrics["bits"]["weights_avg"] < metrics["bits"]["weights_avg"]
-            _reproduce_metrics(client.download(child["id"], tmp_path / "child"), vit_inputs, child_metrics)
+        child = client.reallocate(job["id"], {"wbits": 5.0})
+        assert child["parent_id"] == job["id"]
+        child = client.wait(child["id"], timeout=300, interval=0.2)
+        assert child["status"] == "succeeded", (child["error"], server.log_tail())
+        child_stages = {stage["name"]: stage for stage in child["stages"]}
+        sensitivity = child_stages["sensitivity"]
+        assert sensitivity["status"] == "reused" and sensitivity["reused_from"] == job["id"]
+        assert sensitivity["started_at"] is None and sensitivity["finished_at"] is None
+        assert sensitivity["output"] == stages["sensitivity"]["output"]
+        assert child_stages["allocate"]["status"] == "finished"
+        child_metrics = client.report(child["id"])["result"]["metrics"]
+        assert child_metrics["bits"]["weights_avg"] <= 5.0 + 1e-6
+        assert child_metrics["bits"]["weights_avg"] < metrics["bits"]["weights_avg"]
+        _reproduce_metrics(client.download(child["id"], tmp_path / "child"), vit_inputs, child_metrics)
 
-            listed = client.list_jobs(status="succeeded")
-            assert {j["id"] for j in listed["data"]} == {job["id"], child["id"]}
-    finally:
-        server.stop()
+        listed = client.list_jobs(status="succeeded")
+        assert {j["id"] for j in listed["data"]} == {job["id"], child["id"]}
 
 
 @pytest.mark.xfail(
@@ -199,55 +204,48 @@ def test_mixed_precision_job_end_to_end(
     "architecture are checked against its default 224x224 input; remove this mark once it does",
 )
 def test_job_with_uploaded_weights_of_the_builtin_architecture(
-    tmp_path: Path, vit_inputs: dict[str, Any]
+    sqlite_server: ServerProcess, tmp_path: Path, vit_inputs: dict[str, Any]
 ) -> None:
-    server = _server(f"sqlite:///{tmp_path / 'mpq.db'}", tmp_path)
-    try:
-        with MPQClient(server.url, server.api_key) as client:
-            ids = _upload_inputs(client, vit_inputs)
-            job = client.create_job(_job_spec(ids, vit_inputs, uploaded_weights=True, budgets={"wbits": 6.0}))
-            job = client.wait(job["id"], timeout=300, interval=0.2)
-            assert job["status"] == "succeeded", (job["error"], server.log_tail())
-            bundle = client.download(job["id"], tmp_path / "bundle")
-            _reproduce_metrics(bundle, vit_inputs, client.report(job["id"])["result"]["metrics"])
-    finally:
-        server.stop()
+    with MPQClient(sqlite_server.url, sqlite_server.api_key) as client:
+        ids = _upload_inputs(client, vit_inputs)
+        job = client.create_job(_job_spec(ids, vit_inputs, uploaded_weights=True, budgets={"wbits": 6.0}))
+        job = client.wait(job["id"], timeout=300, interval=0.2)
+        assert job["status"] == "succeeded", (job["error"], sqlite_server.log_tail())
+        bundle = client.download(job["id"], tmp_path / "bundle")
+        _reproduce_metrics(bundle, vit_inputs, client.report(job["id"])["result"]["metrics"])
 
 
-def test_server_killed_mid_job_resumes_after_restart(tmp_path: Path, vit_inputs: dict[str, Any]) -> None:
-    server = _server(f"sqlite:///{tmp_path / 'mpq.db'}", tmp_path)
-    try:
-        with MPQClient(server.url, server.api_key) as client:
-            ids = _upload_inputs(client, vit_inputs)
-            job = client.create_job(
-                _job_spec(ids, vit_inputs, budgets={"wbits": 6.0}, reconstruct="mse", reconstruct_iters=40)
-            )
-            deadline = time.monotonic() + 300
-            while True:  # wait until at least one stage is checkpointed and a later one is running
-                current = client.get_job(job["id"])
-                finished = [s for s in current["stages"] if s["status"] == "finished"]
-                if current["status"] == "running" and finished and current["stage"] not in (None, "load"):
-                    break
-                assert current["status"] in ("queued", "running"), current
-                assert time.monotonic() < deadline, "job never got past its first stage"
-                time.sleep(0.1)
-            workers = server.worker_pids()
-            checkpoint = {s["name"]: s["finished_at"] for s in finished}
-        server.kill()
-        killed_at = dt.datetime.now(dt.UTC)
-        time.sleep(1.0)
-        for pid in workers:  # the embedded worker died with its server
-            assert not pid_alive(pid), "the embedded worker outlived its server"
+def test_server_killed_mid_job_resumes_after_restart(
+    sqlite_server: ServerProcess, vit_inputs: dict[str, Any]
+) -> None:
+    server = sqlite_server
+    with MPQClient(server.url, server.api_key) as client:
+        ids = _upload_inputs(client, vit_inputs)
+        job = client.create_job(_job_spec(ids, vit_inputs, budgets={"wbits": 6.0}))
+        deadline = time.monotonic() + 300
+        while True:  # wait until at least one stage is checkpointed and a later one is running
+            current = client.get_job(job["id"])
+            finished = [s for s in current["stages"] if s["status"] == "finished"]
+            if current["status"] == "running" and finished and current["stage"] not in (None, "load"):
+                break
+            assert current["status"] in ("queued", "running"), current
+            assert time.monotonic() < deadline, "job never got past its first stage"
+            time.sleep(0.05)
+        workers = server.worker_pids()
+        checkpoint = {s["name"]: s["finished_at"] for s in finished}
+    server.kill()
+    killed_at = dt.datetime.now(dt.UTC)
+    time.sleep(1.0)
+    for pid in workers:  # the embedded worker died with its server
+        assert not pid_alive(pid), "the embedded worker outlived its server"
 
-        server.start()
-        with MPQClient(server.url, server.api_key) as client:
-            job = client.wait(job["id"], timeout=300, interval=0.2)
-            assert job["status"] == "succeeded", (job["error"], server.log_tail())
-            assert job["attempts"] == 2
-            stages = {s["name"]: s for s in job["stages"]}
-            for name, finished_at in checkpoint.items():  # checkpointed stages were not run again
-                assert stages[name]["finished_at"] == finished_at
-                assert dt.datetime.fromisoformat(finished_at) < killed_at
-            assert all(s["status"] in ("finished", "skipped") for s in job["stages"])
-    finally:
-        server.stop()
+    server.start()
+    with MPQClient(server.url, server.api_key) as client:
+        job = client.wait(job["id"], timeout=300, interval=0.2)
+        assert job["status"] == "succeeded", (job["error"], server.log_tail())
+        assert job["attempts"] == 2
+        stages = {s["name"]: s for s in job["stages"]}
+        for name, finished_at in checkpoint.items():  # checkpointed stages were not run again
+            assert stages[name]["finished_at"] == finished_at
+            assert dt.datetime.fromisoformat(finished_at) < killed_at
+        assert all(s["status"] in ("finished", "skipped") for s in job["stages"])
