@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(bench_shape("stress-1000", family, min(seeds, 3), None, 10.0))
 
     head = (
-        f"| {'shape':<11} | {'family':<11} | layers | candidates -> pruned | {'paths':<16} | "
+        f"| {'shape':<11} | {'family':<11} | layers | candidates -> pruned | {'paths':<22} | "
         "wall s median / max | cpu s median / max | status   | max gap | target         | "
         "textbook CBC s median / max | CBC status |"
     )
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
             cbc, cbc_status = "not run", "-"
         print(
             f"| {r['shape']:<11} | {r['family']:<11} | {r['layers']:>6} | {r['cands']:>10} -> {r['pruned']:<6} | "
-            f"{paths:<16} | {_fmt_s(r['times']):>19} | {_fmt_s(r['cpus']):>18} | {status:<8} | "
+            f"{paths:<22} | {_fmt_s(r['times']):>19} | {_fmt_s(r['cpus']):>18} | {status:<8} | "
             f"{max(r['gaps']):7.1e} | {target:<14} | {cbc:>27} | {cbc_status:<10} |"
         )
     elapsed, cpu, n_opt, monotone, n_inf = bench_sweep()
