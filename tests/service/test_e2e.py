@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -249,3 +250,44 @@ def test_server_killed_mid_job_resumes_after_restart(
             assert stages[name]["finished_at"] == finished_at
             assert dt.datetime.fromisoformat(finished_at) < killed_at
         assert all(s["status"] in ("finished", "skipped") for s in job["stages"])
+
+
+def test_cli_client_commands(
+    sqlite_server: ServerProcess, tmp_path: Path, vit_inputs: dict[str, Any], monkeypatch, capsys
+) -> None:
+    """``mpq submit``, ``mpq status`` and ``mpq download`` against the running server."""
+    import json
+
+    from service.cli import main
+
+    monkeypatch.setenv("MPQ_API_URL", sqlite_server.url)
+    monkeypatch.setenv("MPQ_API_KEY", sqlite_server.api_key or "")
+    spec = _job_spec({"calib": "", "eval": ""}, vit_inputs, budgets={"wbits": 6.0})
+    spec["data"] = {"num_calibration": CALIB_IMAGES, "batch_size": CALIB_IMAGES}
+    spec_path = tmp_path / "job.json"
+    spec_path.write_text(json.dumps(spec))
+    assert (
+        main(
+            [
+                "submit",
+                str(spec_path),
+                "--data",
+                str(vit_inputs["calib"]),
+                "--eval-data",
+                str(vit_inputs["eval"]),
+            ]
+        )
+        == 0
+    )
+    job_id = capsys.readouterr().out.strip()
+    assert main(["status", job_id, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["id"] == job_id and status["spec"]["data"]["artifact_id"]
+    with MPQClient(sqlite_server.url, sqlite_server.api_key) as client:
+        client.cancel(job_id)
+        done = client.list_jobs(status="succeeded")["data"]
+    assert done, "an earlier test of this module should have left a finished job"
+    assert main(["download", done[0]["id"], "-o", str(tmp_path / "bundle")]) == 0
+    assert (tmp_path / "bundle" / "model.safetensors").is_file()
+    assert main(["status", str(uuid.uuid4())]) == 1
+    assert "job_not_found" in capsys.readouterr().err
