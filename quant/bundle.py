@@ -13,7 +13,8 @@ token, Swin relative position bias tables, and the activation quantizer paramete
 ``zero_point``, log2 ``scale``, TanQ ``a``). The parameters of weight quantizers that are off are not stored.
 
 ``quant_config.json`` holds ``format``/``format_version``, the architecture (``model.name`` + ``arch_kwargs`` as
-given to :func:`quant.models.build_model`), the wrapping recipe (``softmax``, ``minmax``), the packing layout,
+given to :func:`quant.models.build_model`, and the resolved timm ``arch`` + ``timm_kwargs`` that loading rebuilds from,
+so a built-in model's bundle does not depend on the shipped float weights), the wrapping recipe (``softmax``, ``minmax``), the packing layout,
 per-layer settings (component, ``wbits``/``abits``, weight quantizer kind/bits/enabled/shape/storage and each
 activation quantizer's kind/bits/enabled/granularity plus its parameters for reading) and the library versions.
 
@@ -27,6 +28,7 @@ message naming the file, tensor or layer at fault.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import safetensors
@@ -143,6 +145,27 @@ def _bundle_contents(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, entries
 
 
+def _model_entry(model_spec: dict) -> dict:
+    """``name``/``arch_kwargs`` as given plus the resolved timm ``arch``/``timm_kwargs`` the bundle is rebuilt from
+    (so a bundle of a built-in model loads without the built-in's shipped weights or its current definition)."""
+    from .models import ModelLoadError, model_info
+
+    name, arch_kwargs = model_spec["name"], dict(model_spec.get("arch_kwargs") or {})
+    try:
+        info = model_info(name, arch_kwargs)
+    except ModelLoadError as exc:
+        raise BundleError(f"cannot describe model {name!r}: {exc}") from exc
+    return {"name": name, "arch_kwargs": arch_kwargs, "arch": info["arch"], "timm_kwargs": info["arch_kwargs"]}
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    safetensors.torch.save_file(tensors, str(path),
+                                metadata={"format": BUNDLE_FORMAT, "format_version": str(BUNDLE_FORMAT_VERSION)})
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)  # safetensors creates 0600 files; give the bundle's files the same mode
+
+
 def save_bundle(
     model: nn.Module,
     directory: str | Path,
@@ -155,17 +178,18 @@ def save_bundle(
 
     model_spec: ``{"name", "arch_kwargs"}`` as given to ``quant.models.build_model`` (other keys are ignored: the
     bundle holds every weight). recipe: ``{"softmax", "minmax"}`` as given to ``wrap_model_``.
-    Raises :class:`BundleError` when a weight quantizer cannot be stored as packed integer codes.
+    Raises :class:`BundleError` when a weight quantizer cannot be stored as packed integer codes or the model
+    name is unknown; nothing is written then.
     """
     directory = Path(directory)
     tensors, layers = _bundle_contents(model)
+    model_entry = _model_entry(model_spec)
     directory.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(tensors, str(directory / MODEL_FILE),
-                                metadata={"format": BUNDLE_FORMAT, "format_version": str(BUNDLE_FORMAT_VERSION)})
+    _write_safetensors(tensors, directory / MODEL_FILE)
     config = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
-        "model": {"name": model_spec["name"], "arch_kwargs": dict(model_spec.get("arch_kwargs") or {})},
+        "model": model_entry,
         "recipe": {"softmax": recipe["softmax"], "minmax": bool(recipe["minmax"])},
         "packing": PACKING,
         "layers": layers,
@@ -315,6 +339,9 @@ def load_quantized(path: str | Path, device: str = "cpu") -> nn.Module:
 
     Raises :class:`BundleError` for a missing file or tensor, an unknown format version, a tensor of the wrong
     shape or dtype, an unexpected tensor and per-layer settings that do not fit the architecture.
+
+    The rebuilt model is frozen at the stored bit-widths: its activation quantizers keep no calibration sample,
+    so changing bit-widths (``set_bits_``) on it needs a new calibration (``quant.calibrate.calibrate_``).
     """
     from .models import ModelLoadError, build_model
 
@@ -322,7 +349,10 @@ def load_quantized(path: str | Path, device: str = "cpu") -> nn.Module:
     config = _read_config(directory)
     spec, recipe = config["model"], config["recipe"]
     try:
-        model = build_model(spec["name"], spec.get("arch_kwargs") or {})
+        if isinstance(spec.get("arch"), str):
+            model = build_model(spec["arch"], spec.get("timm_kwargs") or {})
+        else:
+            model = build_model(spec["name"], spec.get("arch_kwargs") or {})
         wrap_model_(model, softmax=recipe["softmax"], minmax=bool(recipe["minmax"]))
     except (ModelLoadError, KeyError, ValueError) as exc:
         raise BundleError(f"{CONFIG_FILE}: cannot rebuild model {spec.get('name')!r}: {exc}") from exc

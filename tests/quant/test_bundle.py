@@ -126,7 +126,8 @@ def test_round_trip_is_bit_exact(case, tmp_path):
     assert json.loads((tmp_path / REPORT_FILE).read_text()) == {"metrics": {"top1": 1.0}}
     config = json.loads((tmp_path / CONFIG_FILE).read_text())
     assert config["format_version"] == BUNDLE_FORMAT_VERSION
-    assert config["model"] == {"name": arch[0], "arch_kwargs": json.loads(json.dumps(arch[1]))}
+    kwargs = json.loads(json.dumps(arch[1]))
+    assert config["model"] == {"name": arch[0], "arch_kwargs": kwargs, "arch": arch[0], "timm_kwargs": kwargs}
     kinds = {a["kind"] for entry in config["layers"].values() for a in entry["activations"]}
     assert kinds == {"uniform", softmax}
     sizes = bundle_sizes(tmp_path)
@@ -217,8 +218,8 @@ LOAD_ERRORS = {
                    "unsupported bundle format_version None"),
     "no layers section": (lambda d: _edit_config(d, lambda c: c.pop("layers")), "has no 'layers' section"),
     "unknown packing": (lambda d: _edit_config(d, lambda c: c.update(packing="msb")), "unknown packing 'msb'"),
-    "unknown architecture": (lambda d: _edit_config(d, lambda c: c["model"].update(name="vit_nope")),
-                             "cannot rebuild model 'vit_nope'"),
+    "unknown architecture": (lambda d: _edit_config(d, lambda c: c["model"].update(arch="vit_nope")),
+                             "cannot rebuild model 'vit_tiny_patch16_224': unknown architecture 'vit_nope'"),
     "corrupt safetensors": (lambda d: (d / MODEL_FILE).write_bytes(b"\x00" * 20),
                             r"model\.safetensors cannot be read as safetensors"),
     "missing codes": (lambda d: _edit_tensors(d, lambda t: t.pop(f"{QKV}.weight.codes")),
@@ -277,6 +278,12 @@ def test_load_errors(case, tiny_bundle, tmp_path):
         load_quantized(directory)
 
 
+def test_load_without_resolved_arch_uses_the_name(tiny_bundle, tmp_path):
+    directory = _copy(tiny_bundle, tmp_path)
+    _edit_config(directory, lambda c: [c["model"].pop(k) for k in ("arch", "timm_kwargs")])
+    assert isinstance(load_quantized(directory), torch.nn.Module)
+
+
 def test_load_missing_folder(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         load_quantized(tmp_path / "nowhere")
@@ -289,6 +296,36 @@ def test_tiny_bundle_loads(tiny_bundle):
 @pytest.fixture()
 def tiny_model():
     return _quantized(TINY, "uniform", True, images=4)
+
+
+def test_save_rejects_unknown_model(tiny_model, tmp_path):
+    with pytest.raises(BundleError, match="cannot describe model 'vit_nope'"):
+        save_bundle(tiny_model, tmp_path, model_spec={"name": "vit_nope"}, recipe={"softmax": "uniform",
+                                                                                   "minmax": True})
+    assert not (tmp_path / MODEL_FILE).exists()
+
+
+def test_builtin_bundle_reloads_exactly_without_the_builtin_weights(tmp_path, monkeypatch):
+    from quant import models
+    from quant.data import load_dataset
+    from quant.ptq import quantize_ptq
+
+    name = "builtin:vit-digits"
+    calib = load_dataset("builtin:digits", split="calib", model_name=name).images[:32]
+    test = load_dataset("builtin:digits", split="test", model_name=name).images[:100]
+    qmodel, _ = quantize_ptq(models.build_model(name), calib, method="minmax", wbits=4, abits=4)
+    with torch.no_grad():
+        expected = qmodel(test)
+    save_bundle(qmodel, tmp_path, model_spec={"name": name, "arch_kwargs": {}, "weights_path": None},
+                recipe={"softmax": "uniform", "minmax": True})
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert config["model"]["arch"] == "vit_tiny_patch16_224" and config["model"]["timm_kwargs"]["depth"] == 6
+    built = []
+    original = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda n, *a, **k: built.append(n) or original(n, *a, **k))
+    with torch.no_grad():
+        assert torch.equal(load_quantized(tmp_path)(test), expected)
+    assert built == ["vit_tiny_patch16_224"]
 
 
 def test_save_rejects_uncalibrated_weights(tiny_model, tmp_path):
