@@ -20,7 +20,10 @@
   ``[0, 255]`` must stay in ``[0, 255]``): exported as their equivalent float op graph (``Log``/``Pow`` for
   log2, ``Tan``/``Atan`` for TanQ), i.e. simulated in float, producing the same values up to float rounding.
 
-The counts of each kind are recorded in the model's ``metadata_props`` (``mpq.qdq_activations``,
+onnxruntime then reproduces the PyTorch logits to float rounding (~1e-6), except for the rare input where a value
+lands within an ulp of a rounding tie and the two runtimes' last-bit differences (summation order) pick
+neighbouring codes; on the vit-digits test split that is a handful of images at W4A4 and top-1 is unchanged
+(``bench/artifact.py``). The counts of each kind are recorded in the model's ``metadata_props`` (``mpq.qdq_activations``,
 ``mpq.float_simulated_activations``, ``mpq.int4_weights``...). The quantized model itself is not modified.
 """
 
@@ -261,9 +264,15 @@ def export_onnx(qmodel: nn.Module, path: str | Path, input_shape: tuple[int, int
     """Export ``qmodel`` (wrapped and calibrated) to ``path`` as a QDQ ONNX model; returns the path.
 
     input_shape: ``(C, H, W)`` of one image; the batch dimension is dynamic. Raises ``RuntimeError`` when the
-    exported model fails ``onnx.checker``.
+    exported model fails ``onnx.checker`` and ``ImportError`` naming the packages when ``onnx`` or
+    ``onnxscript`` (which PyTorch's exporter needs) is not installed.
     """
-    import onnx
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - imported by torch.onnx.export(dynamo=True); fail early and clearly
+    except ImportError as exc:
+        raise ImportError(f"ONNX export needs the onnx and onnxscript packages ({exc}); "
+                          "pip install onnx onnxscript onnxruntime") from exc
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
