@@ -71,16 +71,11 @@ BAD_JOBS = {
         "unknown_architecture",
         "unknown architecture",
     ),
-    "unknown-builtin": pytest.param(
+    "unknown-builtin": (
         lambda i: {"model": {"name": "builtin:resnet-digits"}},
         422,
         "unknown_architecture",
         "builtin:vit-digits",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="quant.pipeline._load_model maps 'unknown built-in model' to invalid_weights (its message lacks "
-            "the word 'architecture'); remove this mark once quant reports unknown_architecture",
-        ),
     ),
     "weights-do-not-match": (
         lambda i: {
