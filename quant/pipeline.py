@@ -22,7 +22,7 @@ from torch import nn
 from .config import ALLOWED_ABITS, ALLOWED_WBITS, STAGES, PipelineConfig
 from .data import DataLoadError, ImageSet, load_dataset
 from .evaluate import compare_logits, predict_logits
-from .models import ModelLoadError, build_model, model_info
+from .models import BUILTIN_MODELS, ModelLoadError, build_model, model_info
 from .profile import LayerProfile, bits_summary, profile_layers
 from .ptq import PTQ_METHODS, quantize_ptq
 from .wrap import quant_layers, set_bits_, set_uniform_bits_
@@ -114,7 +114,12 @@ def resolve_device(device: str) -> torch.device:
 # ---- loading and validation ------------------------------------------------------------------------------
 def _load_model(config: PipelineConfig) -> nn.Module:
     spec = config.model
-    if not spec.name.startswith("builtin:"):
+    if spec.name.startswith("builtin:"):
+        if spec.name.removeprefix("builtin:") not in BUILTIN_MODELS:
+            known = ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS)
+            raise PipelineInputError("unknown_architecture",
+                                     f"unknown built-in model {spec.name!r}; built-in models are {known}")
+    else:
         import timm
 
         if not timm.is_model(spec.name):
@@ -128,8 +133,7 @@ def _load_model(config: PipelineConfig) -> nn.Module:
     try:
         return build_model(spec.name, dict(spec.arch_kwargs), spec.weights_path)
     except ModelLoadError as exc:
-        code = "unknown_architecture" if "unknown" in str(exc) and "architecture" in str(exc) else "invalid_weights"
-        raise PipelineInputError(code, str(exc)) from exc
+        raise PipelineInputError("invalid_weights", str(exc)) from exc
     except TypeError as exc:
         raise PipelineInputError("invalid_arch_kwargs", f"invalid arch_kwargs for {spec.name!r}: {exc}") from exc
 
