@@ -369,6 +369,9 @@ def load_quantized(path: str | Path, device: str = "cpu") -> nn.Module:
     for name, layer in layers.items():
         if name not in config["layers"]:
             raise BundleError(f"{CONFIG_FILE} has no entry for quantization layer {name!r}")
+        if layer.has_weight and getattr(layer, "bias", None) is None and f"{name}.bias" in tensors:
+            # reparameterization folded a LayerNorm shift into a layer built without bias (Swin's reduction)
+            layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype))
         offset = _configure_layer(model, name, layer, config["layers"][name], tensors, act_params, offset)
     if offset != act_params.numel():
         raise BundleError(f"tensor {_ACTIVATIONS!r} has {act_params.numel()} values, the layers use {offset}")

@@ -24,6 +24,7 @@ from quant.bundle import (
 )
 from quant.calibrate import calibrate_
 from quant.packing import pack_codes, packed_nbytes, unpack_codes
+from quant.ptq import quantize_ptq
 from quant.wrap import quant_layers, set_bits_, set_uniform_bits_, wrap_model_
 
 torch.set_num_threads(2)
@@ -133,6 +134,26 @@ def test_round_trip_is_bit_exact(case, tmp_path):
     sizes = bundle_sizes(tmp_path)
     assert sizes["actual_bytes"] == (tmp_path / MODEL_FILE).stat().st_size
     assert 0 < sizes["overhead"] < 0.05
+
+
+def test_round_trip_after_reparameterization(tmp_path):
+    """RepQ folds the LayerNorm shifts into the next linear layers; Swin's reduction gains a bias it was built
+    without, and the bundle still reloads exactly."""
+    name, kwargs = "swin_tiny_patch4_window7_224", {"img_size": 16, "patch_size": 2, "window_size": 4,
+                                                     "embed_dim": 16, "depths": (2, 2), "num_heads": (2, 4),
+                                                     "num_classes": 10}
+    torch.manual_seed(0)
+    float_model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    assert float_model.layers[1].downsample.reduction.bias is None
+    qmodel, _ = quantize_ptq(float_model, torch.randn(8, 3, 16, 16), method="repq", wbits=4, abits=4)
+    assert qmodel.layers[1].downsample.reduction.bias is not None
+    images = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        expected = qmodel(images)
+    save_bundle(qmodel, tmp_path, model_spec={"name": name, "arch_kwargs": kwargs},
+                recipe={"softmax": "log2", "minmax": False})
+    with torch.no_grad():
+        assert torch.equal(load_quantized(tmp_path)(images), expected)
 
 
 def test_weights_are_stored_packed(tmp_path):
@@ -308,7 +329,6 @@ def test_save_rejects_unknown_model(tiny_model, tmp_path):
 def test_builtin_bundle_reloads_exactly_without_the_builtin_weights(tmp_path, monkeypatch):
     from quant import models
     from quant.data import load_dataset
-    from quant.ptq import quantize_ptq
 
     name = "builtin:vit-digits"
     calib = load_dataset("builtin:digits", split="calib", model_name=name).images[:32]
