@@ -2,6 +2,7 @@
 #   make serve   -> creates .venv if needed, installs mpq, runs the API + embedded worker on SQLite (loopback)
 #   make test    -> creates .venv if needed, installs mpq[dev], runs the whole test suite
 PYTHON ?= python3
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV := .venv
 STAMP := $(VENV)/.installed
 

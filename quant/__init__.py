@@ -4,6 +4,13 @@ Entry points: ``quant.ptq.quantize_ptq`` (one PTQ recipe), ``quant.pipeline.run_
 ``quant.load_quantized`` (rebuild a saved bundle). Nothing here imports the service.
 """
 
+import os as _os
+
+# GNU OpenMP threads spin while they wait; on a shared or oversubscribed CPU that turns small element-wise ops
+# (round, tan, atan in the fake quantizers) into millisecond stalls (measured: 1000x slower with 2 threads at
+# load 4). Passive waiting must be chosen before torch loads libgomp, so it is set here, on first import.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 

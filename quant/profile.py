@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from .modules import QuantConv2d, QuantLayer, QuantLinear
+from .quantizers import FLOAT_BITS
 from .wrap import quant_layers
 
-__all__ = ["LayerProfile", "bits_summary", "profile_layers"]
+__all__ = ["LayerProfile", "bits_summary", "cost_totals", "layer_costs", "profile_layers"]
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,23 @@ def profile_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[
 
     handles = [layer.register_forward_hook(hook_for(name, layer)) for name, layer in layers.items()]
     was_training = model.training
+    flags = {name: (layer.weight_quantizer.enabled if layer.has_weight else None,
+                    [q.enabled for q in layer.activation_quantizers()]) for name, layer in layers.items()}
     model.eval()
     try:
+        for layer in layers.values():  # shapes only: no (lazy) calibration, no fake quantization
+            layer.set_quant_enabled(False, False)
         device = next(model.parameters()).device
         model(torch.zeros((1, *input_shape), device=device))
     finally:
         for handle in handles:
             handle.remove()
+        for name, (weights, activations) in flags.items():
+            layer = layers[name]
+            if layer.has_weight:
+                layer.weight_quantizer.enabled = weights
+            for quantizer, enabled in zip(layer.activation_quantizers(), activations):
+                quantizer.enabled = enabled
         model.train(was_training)
     profiles = {}
     for name, layer in layers.items():
@@ -76,27 +87,41 @@ def profile_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[
     return profiles
 
 
-def bits_summary(model: nn.Module, profiles: dict[str, LayerProfile]) -> dict[str, float]:
-    """Average bits: ``weights_avg`` weighted by parameters, ``activations_avg`` by activation elements;
-    ``bops`` (MACs * wbits * abits, per image) and ``weight_bytes`` (packed weights + fp16 scale/zero point)."""
-    layers = quant_layers(model)
-    wsum = psum = asum = esum = bops = wbytes = 0.0
-    for name, layer in layers.items():
-        prof = profiles[name]
-        wbits, abits = layer.wbits, layer.abits
-        if layer.has_weight:
-            wsum += wbits * prof.params
-            psum += prof.params
-            overhead = 0 if wbits >= 16 else prof.out_channels * 2 * 16
-            wbytes += (prof.params * wbits + overhead) / 8
-        asum += abits * prof.act_elements
-        esum += prof.act_elements
-        bops += prof.macs * (wbits if layer.has_weight else abits) * abits
+def layer_costs(profile: LayerProfile, wbits: int, abits: int, totals: dict[str, float]) -> dict[str, float]:
+    """Budget costs of one layer at ``(wbits, abits)``; ``totals`` has ``params`` and ``act_elements``.
+
+    size: packed weight bytes incl. per-channel fp16 scale and zero point (0 for matmuls, nothing at 16 bits);
+    bops: MACs * wbits * abits per image (matmuls: MACs * abits * abits, both operands are activations);
+    wbits / abits: this layer's share of the parameter- / element-weighted average bits.
+    """
+    if profile.params:
+        overhead = 0 if wbits >= FLOAT_BITS else profile.out_channels * 2 * 16
+        size = (profile.params * wbits + overhead) / 8
+        bops = profile.macs * wbits * abits
+    else:
+        size, bops = 0.0, profile.macs * abits * abits
     return {
-        "weights_avg": wsum / max(psum, 1),
-        "activations_avg": asum / max(esum, 1),
-        "bops": bops,
-        "weight_bytes": wbytes,
+        "size": float(size),
+        "bops": float(bops),
+        "wbits": profile.params * wbits / max(totals["params"], 1),
+        "abits": profile.act_elements * abits / max(totals["act_elements"], 1),
     }
 
 
+def cost_totals(profiles: dict[str, LayerProfile]) -> dict[str, float]:
+    """Totals that normalise the average-bits budgets: parameters and activation elements of all layers."""
+    return {"params": sum(p.params for p in profiles.values()),
+            "act_elements": sum(p.act_elements for p in profiles.values())}
+
+
+def bits_summary(model: nn.Module, profiles: dict[str, LayerProfile]) -> dict[str, float]:
+    """The model's current usage of every budget: ``weights_avg`` (parameter-weighted average weight bits),
+    ``activations_avg`` (element-weighted), ``bops`` per image and ``weight_bytes`` (see ``layer_costs``)."""
+    totals = cost_totals(profiles)
+    usage = {"size": 0.0, "bops": 0.0, "wbits": 0.0, "abits": 0.0}
+    for name, layer in quant_layers(model).items():
+        wbits = layer.wbits if layer.has_weight else FLOAT_BITS
+        for key, value in layer_costs(profiles[name], wbits, layer.abits, totals).items():
+            usage[key] += value
+    return {"weights_avg": usage["wbits"], "activations_avg": usage["abits"], "bops": usage["bops"],
+            "weight_bytes": usage["size"]}

@@ -20,6 +20,8 @@ FLOAT_BITS = 16
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round to nearest with a straight-through gradient (d round(x)/dx := 1)."""
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        return x.round()
     return (x.round() - x).detach() + x
 
 

@@ -9,8 +9,10 @@ from .base import ActivationQuantizer, round_ste
 
 __all__ = ["UniformQuantizer", "fake_quant_uniform", "search_uniform_range"]
 
-_LOW_QUANTILES = (0.0, 1e-4, 1e-3, 5e-3, 1e-2, 3e-2)
-_HIGH_QUANTILES = (1.0, 1 - 1e-5, 1 - 1e-4, 1 - 5e-4, 1 - 1e-3, 1 - 3e-3, 1 - 1e-2, 1 - 3e-2)
+_LOW_QUANTILES = (0.0, 1e-3, 1e-2, 3e-2)
+_HIGH_QUANTILES = (1.0, 1 - 1e-4, 1 - 1e-3, 1 - 3e-3, 1 - 1e-2, 1 - 3e-2)
+#: The range search scores candidates on at most this many values (a fixed-seed subsample).
+_SEARCH_VALUES = 16384
 
 
 def fake_quant_uniform(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int) -> torch.Tensor:
@@ -20,6 +22,8 @@ def fake_quant_uniform(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
     ``x`` (inside the range) and ``scale`` (LSQ-style).
     """
     qmax = 2**bits - 1
+    if not torch.is_grad_enabled() or not (x.requires_grad or scale.requires_grad):
+        return torch.div(x, scale).round_().add_(zero_point).clamp_(0, qmax).sub_(zero_point).mul_(scale)
     q = torch.clamp(round_ste(x / scale) + zero_point, 0, qmax)
     return (q - zero_point) * scale
 
@@ -43,6 +47,9 @@ def search_uniform_range(sample: torch.Tensor, bits: int, minmax: bool = False) 
         return float(low_all), float(high_all)
     lows = torch.quantile(sample, torch.tensor(_LOW_QUANTILES, device=sample.device))
     highs = torch.quantile(sample, torch.tensor(_HIGH_QUANTILES, device=sample.device))
+    if sample.numel() > _SEARCH_VALUES:
+        pick = torch.randperm(sample.numel(), generator=torch.Generator().manual_seed(0))[:_SEARCH_VALUES]
+        sample = sample[pick.to(sample.device)]
     best = (float("inf"), float(low_all), float(high_all))
     for low in lows:
         for high in highs:
