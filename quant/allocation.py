@@ -24,30 +24,14 @@ from solver import Candidate, Layer, Problem, solve
 
 from .config import MethodSpec, PipelineConfig
 from .evaluate import predict_logits
-from .profile import LayerProfile
+from .profile import LayerProfile, cost_totals, layer_costs
 from .quantizers import FLOAT_BITS
 from .sensitivity import SensitivityTable, measure_kl
 from .wrap import quant_layers, set_bits_, set_quant_enabled_
 
-__all__ = ["allocate_stage", "build_problem", "check_budgets_feasible", "layer_costs", "solve_allocation"]
+__all__ = ["allocate_stage", "build_problem", "check_budgets_feasible", "measure_layer_kl", "solve_allocation"]
 
 _FACTOR_RANGE = (0.25, 4.0)
-
-
-def layer_costs(profile: LayerProfile, wbits: int, abits: int, totals: dict[str, float]) -> dict[str, float]:
-    """Budget costs of one layer at ``(wbits, abits)``; ``totals`` has ``params`` and ``act_elements``."""
-    if profile.params:
-        overhead = 0 if wbits >= FLOAT_BITS else profile.out_channels * 2 * 16
-        size = (profile.params * wbits + overhead) / 8
-        bops = profile.macs * wbits * abits
-    else:
-        size, bops = 0.0, profile.macs * abits * abits
-    return {
-        "size": float(size),
-        "bops": float(bops),
-        "wbits": profile.params * wbits / max(totals["params"], 1),
-        "abits": profile.act_elements * abits / max(totals["act_elements"], 1),
-    }
 
 
 def _candidate_pairs(profile: LayerProfile, method: MethodSpec) -> list[tuple[int, int]]:
@@ -74,8 +58,7 @@ def build_problem(
 
     omega(layer, wbits, abits) gives the sensitivity (nats per image); None gives all zeros (feasibility only).
     """
-    totals = {"params": sum(p.params for p in profiles.values()),
-              "act_elements": sum(p.act_elements for p in profiles.values())}
+    totals = cost_totals(profiles)
     layers = []
     for name, profile in profiles.items():
         pairs = _candidate_pairs(profile, method)

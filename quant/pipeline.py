@@ -146,11 +146,12 @@ def _input_shape(config: PipelineConfig) -> tuple[int, int, int]:
 def _load_images(config: PipelineConfig, input_shape: tuple[int, int, int]) -> tuple[ImageSet, ImageSet | None]:
     data = config.data
     try:
-        calib = load_dataset(data.source, split="calib", model_name=config.model.name)
+        kwargs = {"model_name": config.model.name, "arch_kwargs": dict(config.model.arch_kwargs)}
+        calib = load_dataset(data.source, split="calib", **kwargs)
         if data.eval_source is not None:
-            evaluation: ImageSet | None = load_dataset(data.eval_source, split="test", model_name=config.model.name)
+            evaluation: ImageSet | None = load_dataset(data.eval_source, split="test", **kwargs)
         elif data.source.startswith("builtin:"):
-            evaluation = load_dataset(data.source, split="test", model_name=config.model.name)
+            evaluation = load_dataset(data.source, split="test", **kwargs)
         else:
             evaluation = None
     except DataLoadError as exc:

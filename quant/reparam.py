@@ -15,7 +15,8 @@ so that ``W' X' + b' == W X + b`` exactly in float. The choice of ``r``:
 - ``mad`` (DopQ-ViT MOSF): a robust target width ``t = median(w) + kappa * MAD(w)`` and ``r_c = max(w_c / t, 1)``:
   only channels wider than ``t`` (outliers by the MAD rule) are shrunk to ``t``. ``kappa`` is chosen from a
   grid to minimise the error of the folded, quantized layer's output on calibration tokens, so the trade-off
-  between activation and weight quantization error is measured, not assumed. (With full equalization the
+  between activation and weight quantization error is measured, not assumed; ``kappa = inf`` (rescale nothing)
+  is a candidate, so the fold never scores worse than leaving the layer alone. (With full equalization the
   layer-wise scale is a pure global rescaling that per-channel weight quantization ignores; the threshold form
   is what makes the MAD-guided choice matter. This is our documented reading of MOSF.)
 """
@@ -33,8 +34,8 @@ from .quantizers import UniformQuantizer, WeightQuantizer
 
 __all__ = ["KAPPA_GRID", "ReparamReport", "find_layernorm_pairs", "reparameterize_"]
 
-KAPPA_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 16.0)
-_MAX_TOKENS = 4096
+KAPPA_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, float("inf"))
+_MAX_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class _Collector:
 def _ratios(width: torch.Tensor, mode: str, kappa: float | None) -> torch.Tensor:
     if mode == "mean":
         return width / width.mean()
+    if kappa == float("inf"):  # no channel rescaled (only the shift is folded)
+        return torch.ones_like(width)
     median = width.median()
     mad = (width - median).abs().median()
     target = median + kappa * mad
