@@ -1,0 +1,23 @@
+"""FIMA-Q block-wise reconstruction (AdaRound + learned activation scales + QDrop, MSE or Fisher losses).
+
+Plain API: ``reconstruct_(qmodel, float_model, images, loss="fisher_dplr", iters=..., rank=5, ...)`` returns a
+``ReconstructReport``. Pipeline entry point: ``reconstruct_stage(qmodel, float_model, calib, config, workdir,
+progress)`` returns the report as a JSON-able dict. See ``engine`` for the method and the documented choices.
+"""
+
+from .blocks import Block, discover_blocks
+from .engine import BlockReport, ReconstructOptions, ReconstructReport, reconstruct_
+from .losses import LOSSES
+from .stage import load_reconstructed_, reconstruct_stage
+
+__all__ = [
+    "LOSSES",
+    "Block",
+    "BlockReport",
+    "ReconstructOptions",
+    "ReconstructReport",
+    "discover_blocks",
+    "load_reconstructed_",
+    "reconstruct_",
+    "reconstruct_stage",
+]
