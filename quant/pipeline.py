@@ -311,8 +311,11 @@ def run_pipeline(
                                                                 config))
 
     artifact_dir = Path(output_dir) if output_dir is not None else None
+    metrics = dict(metrics_out["metrics"])
+    if allocation_out.get("predicted_loss") is not None:
+        metrics["predicted_kl"] = allocation_out["predicted_loss"]  # sum of Omega of the assignment (nats/image)
     result = PipelineResult(
-        metrics=metrics_out["metrics"],
+        metrics=metrics,
         allocation=allocation_out["allocation"],
         sensitivity=sensitivity if sensitivity and not sensitivity.get("skipped") else None,
         budgets=allocation_out.get("budgets", {}),
@@ -320,6 +323,13 @@ def run_pipeline(
         stages=run.outputs,
         artifact_dir=artifact_dir,
     )
+
+    def current_timings() -> dict[str, float]:
+        timings = {name: float(out.get("seconds", 0.0)) for name, out in run.outputs.items()}
+        timings["calibrate"] = run.timings["calibrate"]
+        return timings
+
+    result.timings = current_timings()
 
     def export_stage() -> dict:
         if artifact_dir is None:
@@ -343,8 +353,7 @@ def run_pipeline(
         return {"path": str(artifact_dir), "files": files}
 
     run.stage("export", export_stage)
-    result.timings = {name: float(out.get("seconds", 0.0)) for name, out in run.outputs.items()}
-    result.timings["calibrate"] = run.timings["calibrate"]
+    result.timings = current_timings()
     result.stages = run.outputs
     return result
 

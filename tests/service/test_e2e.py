@@ -199,11 +199,6 @@ def test_mixed_precision_job_end_to_end(
         assert {j["id"] for j in listed["data"]} == {job["id"], child["id"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="quant.pipeline._load_images does not pass arch_kwargs to load_dataset, so images for a timm "
-    "architecture are checked against its default 224x224 input; remove this mark once it does",
-)
 def test_job_with_uploaded_weights_of_the_builtin_architecture(
     sqlite_server: ServerProcess, tmp_path: Path, vit_inputs: dict[str, Any]
 ) -> None:
