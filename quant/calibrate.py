@@ -34,6 +34,8 @@ def calibrate_(
         quantizer.sample = torch.empty(0)
         quantizer.observed_min.fill_(float("inf"))
         quantizer.observed_max.fill_(float("-inf"))
+        if hasattr(quantizer, "product_maps"):
+            quantizer.product_maps = torch.empty(0)
         quantizer.observing = True
     try:
         for index, images in enumerate(batches):

@@ -126,6 +126,8 @@ class QuantMatMul(QuantLayer):
         return [self.quantizer_a, self.quantizer_b]
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.quantizer_a.observing and hasattr(self.quantizer_a, "observe_product"):
+            self.quantizer_a.observe_product(a, b)
         return self.quantizer_a(a) @ self.quantizer_b(b)
 
     def extra_repr(self) -> str:

@@ -29,6 +29,8 @@ neighbouring codes; on the vit-digits test split that is a handful of images at 
 
 from __future__ import annotations
 
+import math
+
 import copy
 import warnings
 from pathlib import Path
@@ -101,18 +103,18 @@ class _Log2(nn.Module):
 
 
 class _TanQ(nn.Module):
-    """TanQ fake quantizer with constant parameters (exported as a float op graph)."""
+    """TanQ fake quantizer with constant parameters (exported as a float op graph, see ``tanq_fake_quant``)."""
 
     def __init__(self, quantizer: TanQuantizer) -> None:
         super().__init__()
-        self.a = float(quantizer.a)
-        self.t = float(torch.tan(torch.tensor(self.a / 2, dtype=torch.float64)))
+        self.a, self.c = float(quantizer.a), float(quantizer.c)
+        self.t0, self.t1 = math.tan(-self.a * self.c), math.tan(self.a * (1 - self.c))
         self.step = 2.0 / (2**quantizer.bits - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.tan(self.a * (torch.clamp(x, 0.0, 1.0) - 0.5)) / self.t
+        y = (torch.tan(self.a * (torch.clamp(x, 0.0, 1.0) - self.c)) - self.t0) * (2.0 / (self.t1 - self.t0)) - 1.0
         yq = torch.clamp(torch.round((y + 1.0) / self.step) * self.step - 1.0, -1.0, 1.0)
-        return 0.5 + torch.atan(yq * self.t) / self.a
+        return self.c + torch.atan(self.t0 + (yq + 1.0) * ((self.t1 - self.t0) / 2.0)) / self.a
 
 
 class _WeightDQ(nn.Module):

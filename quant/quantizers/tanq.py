@@ -1,9 +1,14 @@
 """TanQ (DopQ-ViT): tangent companding quantizer for post-softmax attention maps.
 
-Compander ``y = tan(a (x - 1/2)) / tan(a / 2)`` maps [0, 1] onto [-1, 1] with the largest slope at both ends;
-``y`` is quantized uniformly to ``2^bits`` levels (both ends exact), and expanded back with
+DopQ-ViT's compander ``y = tan(a (x - 1/2)) / tan(a / 2)`` maps [0, 1] onto [-1, 1] with the largest slope at
+both ends; ``y`` is quantized uniformly to ``2^bits`` levels (both ends exact) and expanded back with
 ``x = 1/2 + atan(y tan(a/2)) / a``. ``a`` in (0, pi) is searched per layer on calibration data: a -> 0 gives a
 uniform quantizer, a -> pi concentrates levels near 0 and 1.
+
+Our generalisation (documented choice): a centre ``c`` replaces 1/2, ``y`` is the affine map of
+``tan(a (x - c))`` from ``[tan(-a c), tan(a (1 - c))]`` onto [-1, 1], with ``a max(c, 1 - c) < pi/2``.
+``c = 1/2`` is exactly the paper's TanQ; ``c -> 1`` moves resolution towards 0 (log-like), which measured
+better on real attention maps at 3 bits where 8 levels cannot serve both ends. ``(a, c)`` are searched together.
 """
 
 from __future__ import annotations
@@ -16,43 +21,83 @@ from .base import ActivationQuantizer, round_ste
 
 __all__ = ["TanQuantizer", "tanq_fake_quant"]
 
-_A_GRID = tuple(0.05 + i * (math.pi - 0.06) / 47 for i in range(48))
+_CENTRES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+_A_STEPS = 32
 
 
-def tanq_fake_quant(x: torch.Tensor, a: float, bits: int) -> torch.Tensor:
+def _grid() -> tuple[tuple[float, float], ...]:
+    pairs = []
+    for c in _CENTRES:
+        a_max = (math.pi / 2) / max(c, 1 - c) * 0.995
+        pairs += [(0.05 + i * (a_max - 0.05) / (_A_STEPS - 1), c) for i in range(_A_STEPS)]
+    return tuple(pairs)
+
+
+_GRID = _grid()
+
+
+def tanq_fake_quant(x: torch.Tensor, a: float, bits: int, c: float = 0.5) -> torch.Tensor:
     """Compand, quantize uniformly to ``2^bits`` levels on [-1, 1], expand. ``x`` in [0, 1] (clamped)."""
-    t = math.tan(a / 2)
+    t0, t1 = math.tan(-a * c), math.tan(a * (1 - c))
     x = torch.clamp(x, 0.0, 1.0)
-    y = torch.tan(a * (x - 0.5)) / t
+    y = (torch.tan(a * (x - c)) - t0) * (2.0 / (t1 - t0)) - 1.0
     step = 2.0 / (2**bits - 1)
     yq = torch.clamp(round_ste((y + 1.0) / step) * step - 1.0, -1.0, 1.0)
-    return 0.5 + torch.atan(yq * t) / a
+    return c + torch.atan(t0 + (yq + 1.0) * ((t1 - t0) / 2.0)) / a
 
 
 class TanQuantizer(ActivationQuantizer):
-    """TanQ fake quantizer; ``fit`` searches ``a`` on a grid minimising the MSE on the calibration sample."""
+    """TanQ fake quantizer; ``fit`` searches ``a`` on a grid.
 
-    fit_params = ("a",)
+    objective ``output`` (default): minimise the error of ``maps @ values`` on the attention products kept by
+    ``observe_product`` (falls back to the map MSE when none were kept); ``map``: minimise the MSE of the map.
+    """
+
+    fit_params = ("a", "c")
     kind = "tanq"
 
-    def __init__(self, bits: int = 8, a: float = 2.0) -> None:
+    def __init__(self, bits: int = 8, a: float = 2.0, objective: str = "output") -> None:
         super().__init__(bits)
+        if objective not in ("output", "map"):
+            raise ValueError(f"TanQ objective must be 'output' or 'map', got {objective!r}")
+        self.objective = objective
         self.register_buffer("a", torch.tensor(float(a)))
+        self.register_buffer("c", torch.tensor(0.5))
+        self.register_buffer("product_maps", torch.empty(0), persistent=False)
+        self.register_buffer("product_values", torch.empty(0), persistent=False)
+
+    def observe_product(self, maps: torch.Tensor, values: torch.Tensor, images: int = 2) -> None:
+        """Keep a few attention maps [B,H,N,N] and the values [B,H,N,d] they multiply (first call only).
+
+        With them, ``fit`` scores ``a`` by the error of ``maps @ values`` (what the next layer sees) instead of
+        the error of the map itself, which MSE on [0, 1] values would let the few large entries dominate.
+        """
+        if self.product_maps.numel() == 0:
+            self.product_maps = maps[:images].detach().float().clone()
+            self.product_values = values[:images].detach().float().clone()
 
     @torch.no_grad()
     def fit(self, sample: torch.Tensor) -> None:
-        sample = torch.clamp(sample.float(), 0.0, 1.0)
-        best = (float("inf"), float(self.a))
-        for a in _A_GRID:
-            err = (tanq_fake_quant(sample, a, self.bits) - sample).pow(2).mean().item()
-            if err < best[0]:
-                best = (err, a)
-        self.a = torch.tensor(best[1])
+        if self.objective == "output" and self.product_maps.numel():
+            maps, values = self.product_maps, self.product_values
+            reference = maps @ values
+
+            def error(ac: tuple[float, float]) -> float:
+                return ((tanq_fake_quant(maps, ac[0], self.bits, ac[1]) @ values) - reference).pow(2).mean().item()
+        else:
+            sample = torch.clamp(sample.float(), 0.0, 1.0)
+
+            def error(ac: tuple[float, float]) -> float:
+                return (tanq_fake_quant(sample, ac[0], self.bits, ac[1]) - sample).pow(2).mean().item()
+
+        best_a, best_c = min(_GRID, key=error)
+        self.a, self.c = torch.tensor(best_a), torch.tensor(best_c)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return tanq_fake_quant(x, float(self.a), self.bits)
+        return tanq_fake_quant(x, float(self.a), self.bits, float(self.c))
 
     def describe(self) -> dict:
         info = super().describe()
         info["a"] = float(self.a)
+        info["c"] = float(self.c)
         return info
