@@ -6,8 +6,9 @@ progress)`` returns the report as a JSON-able dict. See ``engine`` for the metho
 """
 
 from .blocks import Block, discover_blocks
-from .engine import BlockReport, ReconstructOptions, ReconstructReport, reconstruct_
+from .engine import reconstruct_
 from .losses import LOSSES
+from .options import BlockReport, ReconstructOptions, ReconstructReport
 from .stage import load_reconstructed_, reconstruct_stage
 
 __all__ = [

@@ -32,7 +32,6 @@ class AdaRoundWeight(nn.Module):
 
     def __init__(self, quantizer: nn.Module, weight: torch.Tensor) -> None:
         super().__init__()
-        self.original = [quantizer]  # a list, so the quantizer is not registered as a submodule twice
         self.bits = int(quantizer.bits)
         self.register_buffer("scale", quantizer.scale.detach().clone())
         self.register_buffer("zero_point", quantizer.zero_point.detach().clone())
@@ -43,6 +42,17 @@ class AdaRoundWeight(nn.Module):
         # h(alpha) = rest  <=>  sigmoid(alpha) = (rest - gamma) / (zeta - gamma)
         self.alpha = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0))
         self.soft = True
+        self.original = [quantizer]  # a list, so the quantizer is not registered as a submodule twice
+
+    def __getattr__(self, name: str):
+        """Other attributes (``active``, ``enabled``, ``calibrated``...) read through to the original quantizer."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            original = self.__dict__.get("original")
+            if original is None:
+                raise
+            return getattr(original[0], name)
 
     def h(self) -> torch.Tensor:
         """Soft rounding offsets in [0, 1]."""

@@ -83,6 +83,16 @@ class _TrainingUniform(nn.Module):
         self.original = [original]  # not registered: the original keeps owning its parameters
         self.owner = [owner]
 
+    def __getattr__(self, name: str):
+        """Anything else (``bits``, ``active``, ``observing``...) reads through to the original quantizer."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            original = self.__dict__.get("original")
+            if original is None:
+                raise
+            return getattr(original[0], name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.original[0]
         keep = self.owner[0].mask(x)
