@@ -14,6 +14,10 @@ Test split: 500 images; calibration: the built-in 256-image calibration split.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp (see quant/__init__.py)
+
 import argparse
 import sys
 import time

@@ -20,6 +20,10 @@ Usage: ``.venv/bin/python bench/artifact.py [--models vit-digits,swin-digits] [-
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp (see quant/__init__.py)
+
 import argparse
 import sys
 import tempfile
