@@ -181,8 +181,7 @@ class _Run:
                 idx = torch.randperm(n, generator=gen, device=self.device)[:batch]
                 xq, xf, target = x_q[idx], x_fp[idx], y_fp[idx]
                 if opts.drop_prob < 1.0:
-                    keep = keep_mask(xq.shape, opts.drop_prob, gen, self.device)
-                    x = torch.where(keep, xq, xf)
+                    x = torch.lerp(xf, xq, keep_mask(xq.shape, opts.drop_prob, gen, self.device))
                 else:
                     x = xq
                 out = qblock.forward(x)

@@ -29,49 +29,55 @@ __all__ = ["TrainingActivations", "fake_quant_qdrop", "keep_mask"]
 
 
 def keep_mask(shape: torch.Size, p: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Boolean mask, each element True with probability ``p``. For ``p = 0.5`` every random byte gives 8 fair
-    coins (about twice as fast as comparing uniform floats)."""
+    """Float mask of 0/1, each element 1 with probability ``p``. For ``p = 0.5`` every random byte gives 8 fair
+    coins (about 4x faster than comparing uniform floats). Float, not bool: ``torch.lerp``/``mul`` with a float
+    mask are several times faster on CPU than ``torch.where`` with a bool one."""
     numel = math.prod(shape)
     if p == 0.5 and numel % 8 == 0:
         bits = torch.arange(8, dtype=torch.uint8, device=device)
         rnd = torch.randint(0, 256, (numel // 8, 1), dtype=torch.uint8, generator=generator, device=device)
-        return ((rnd >> bits) & 1).bool().view(shape)
-    return torch.rand(shape, generator=generator, device=device) < p
+        return ((rnd >> bits) & 1).view(shape).float()
+    return (torch.rand(shape, generator=generator, device=device) < p).float()
 
 
 class _FakeQuantQDrop(torch.autograd.Function):
+    """Forward computes the output and the two per-element derivatives, so the backward pass is one product and
+    one dot product; selections are ``lerp``/products with float masks (much faster than ``where`` on CPU)."""
+
     @staticmethod
     def forward(ctx, x, scale, zero, qmax: int, keep):
-        q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
-        y = (q - zero) * scale
+        v = x / scale
+        r = torch.round(v)
+        qz = torch.clamp(r + zero, 0, qmax).sub_(zero)  # q - z, with q on the integer grid
+        # torch.clamp's backward passes gradients strictly inside the bounds
+        inside = ((qz > -zero) & (qz < qmax - zero)).to(x.dtype)
+        y = qz * scale
         if keep is not None:
-            y = torch.where(keep, y, x)
-        ctx.save_for_backward(x, scale, zero, keep)
-        ctx.qmax = qmax
+            y = torch.lerp(x, y, keep)  # keep = 1: quantized, 0: the float input
+        pass_x = inside if keep is None else torch.addcmul(1.0 - keep, keep, inside)
+        dyds = None
+        if ctx.needs_input_grad[1]:  # d y / d scale = round(x/s) - x/s inside, q - z outside
+            dyds = torch.lerp(qz, r.sub_(v), inside)
+            if keep is not None:
+                dyds.mul_(keep)
+        ctx.save_for_backward(pass_x, dyds)
+        ctx.scale_shape = scale.shape
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, scale, zero, keep = ctx.saved_tensors
-        v = x / scale
-        r = torch.round(v)
-        qu = r + zero
-        inside = (qu > 0) & (qu < ctx.qmax)  # torch.clamp's backward passes strictly inside the bounds
-        grad_x = grad_s = None
-        if ctx.needs_input_grad[0]:
-            pass_x = inside if keep is None else inside | ~keep
-            grad_x = grad * pass_x
-        if ctx.needs_input_grad[1]:
-            dyds = torch.where(inside, r - v, torch.clamp(qu, 0, ctx.qmax) - zero)
-            if keep is not None:
-                dyds = dyds * keep
-            grad_s = (grad * dyds).sum().reshape(scale.shape)
+        pass_x, dyds = ctx.saved_tensors
+        grad_x = grad * pass_x if ctx.needs_input_grad[0] else None
+        grad_s = None
+        if dyds is not None:
+            grad_s = torch.dot(grad.reshape(-1), dyds.reshape(-1)).reshape(ctx.scale_shape)
         return grad_x, grad_s, None, None, None
 
 
 def fake_quant_qdrop(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
                      keep: torch.Tensor | None = None) -> torch.Tensor:
-    """``fake_quant_uniform(x, scale, zero, bits)`` where ``keep`` (else ``x``), with straight-through gradients."""
+    """``fake_quant_uniform(x, scale, zero, bits)`` where ``keep`` is 1 (else ``x``; ``keep`` a float 0/1 mask),
+    with the straight-through gradients of ``fake_quant_uniform``."""
     return _FakeQuantQDrop.apply(x, scale, zero, 2**bits - 1, keep)
 
 
@@ -131,7 +137,7 @@ class TrainingActivations:
 
     def _hook(self, _module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
         keep = self.mask(output)
-        return None if keep is None else torch.where(keep, output, inputs[0])
+        return None if keep is None else torch.lerp(inputs[0], output, keep)
 
     @contextmanager
     def paused(self) -> Iterator[None]:

@@ -111,9 +111,14 @@ def test_fused_fake_quant_matches_autograd_of_fake_quant_uniform():
     out.backward(torch.ones_like(out) * torch.linspace(-1, 1, out.numel()).view_as(out))
     assert torch.equal(out, ref)
     assert torch.allclose(x.grad, gx) and torch.allclose(scale.grad, gs, rtol=1e-5)
-    keep = torch.rand(x.shape, generator=g) < 0.5
+    keep = (torch.rand(x.shape, generator=g) < 0.5).float()
     mixed = fake_quant_qdrop(x, scale, zero, 4, keep)
-    assert torch.equal(mixed, torch.where(keep, ref, x))
+    assert torch.equal(mixed, torch.where(keep.bool(), ref, x))
+    x.grad = scale.grad = None
+    mixed.backward(torch.ones_like(mixed))
+    inside = (ref.detach() - x.detach()).abs() <= scale.detach() / 2 + 1e-6
+    assert torch.equal(x.grad[~keep.bool()], torch.ones_like(x.grad[~keep.bool()]))  # bypassed: identity
+    assert x.grad[keep.bool() & ~inside].abs().sum() == 0  # quantized and clipped: no gradient
 
 
 def test_tail_only_snapshot_equals_full_model_gradient(setup):
