@@ -306,7 +306,13 @@ def run_pipeline(
         allocation_out = run.stage("allocate", lambda: _uniform_allocation(qmodel, config))
     set_bits_(qmodel, {name: (v["wbits"], v["abits"]) for name, v in allocation_out["allocation"].items()})
 
-    run.stage("reconstruct", lambda: _reconstruct_stage(qmodel, float_model, calib, config, run))
+    reconstruct_out = run.stage("reconstruct", lambda: _reconstruct_stage(qmodel, float_model, calib, config, run))
+    if config.method.reconstruct != "none" and reconstruct_out.get("seconds") is not None and \
+            "reconstruct" not in run.timings:
+        # the stage output was reused from the store (resume): re-apply the checkpointed blocks
+        from .reconstruct import load_reconstructed_
+
+        load_reconstructed_(qmodel, run.store.workdir)
     metrics_out = run.stage("evaluate", lambda: _evaluate_stage(qmodel, float_model, calib, evaluation, profiles,
                                                                 config))
 
