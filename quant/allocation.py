@@ -20,9 +20,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from solver import Candidate, Layer, Problem, solve
+from solver import Candidate, Layer, Problem, SolverInputError, solve
 
 from .config import MethodSpec, PipelineConfig
+from .errors import PipelineInputError
 from .evaluate import predict_logits
 from .profile import LayerProfile, cost_totals, layer_costs
 from .quantizers import FLOAT_BITS
@@ -73,11 +74,17 @@ def build_problem(
     return Problem(layers=layers, budgets=dict(method.budgets))
 
 
+def _solve(problem: Problem, time_limit: float):
+    """``solver.solve`` with the solver's input errors (non-finite budgets or costs...) as ``invalid_budget``."""
+    try:
+        return solve(problem, time_limit=time_limit)
+    except SolverInputError as exc:
+        raise PipelineInputError("invalid_budget", f"the allocation problem is invalid: {exc}") from exc
+
+
 def check_budgets_feasible(profiles: dict[str, LayerProfile], method: MethodSpec) -> None:
     """Raise ``PipelineInputError("infeasible_budget")`` with the minimum achievable value of each budget."""
-    from .pipeline import PipelineInputError
-
-    result = solve(build_problem(profiles, method), time_limit=10.0)
+    result = _solve(build_problem(profiles, method), 10.0)
     if result.status == "infeasible":
         minimum = {k: u.min_achievable for k, u in result.usage.items()}
         raise PipelineInputError("infeasible_budget", result.message, {"min_achievable": minimum})
@@ -85,11 +92,9 @@ def check_budgets_feasible(profiles: dict[str, LayerProfile], method: MethodSpec
 
 def solve_allocation(table: SensitivityTable, profiles, method: MethodSpec, type_aware: bool | None = None):
     """Solve the allocation for ``table``; returns the solver's result (raises on infeasible budgets)."""
-    from .pipeline import PipelineInputError
-
     aware = method.type_aware if type_aware is None else type_aware
     problem = build_problem(profiles, method, lambda n, w, a: table.omega(n, w, a, type_aware=aware))
-    result = solve(problem, time_limit=30.0)
+    result = _solve(problem, 30.0)
     if result.status == "infeasible":
         minimum = {k: u.min_achievable for k, u in result.usage.items()}
         raise PipelineInputError("infeasible_budget", result.message, {"min_achievable": minimum})

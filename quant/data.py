@@ -38,6 +38,8 @@ __all__ = [
     "DIGITS_STD",
     "DataLoadError",
     "ImageSet",
+    "SourceInfo",
+    "describe_source",
     "load_builtin_digits",
     "load_dataset",
     "save_imageset",
@@ -57,6 +59,10 @@ _BUILTIN_PREFIX = "builtin:"
 _FOLDER_PREFIX = "folder:"
 _BUILTIN_DATASETS = ("digits",)
 _IMAGESET_KEYS = ("images", "labels")
+#: File endings an image folder's images may have (torchvision's ImageFolder list).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_HEADER_IMAGE_DTYPES = ("F32", "F16", "BF16", "F64")
+_HEADER_LABEL_DTYPES = ("I64", "I32", "I16", "I8", "U8")
 _IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -360,3 +366,117 @@ def save_imageset(path: str | Path, imageset: ImageSet) -> None:
     if imageset.labels is not None:
         tensors["labels"] = imageset.labels.contiguous()
     save_file(tensors, str(path), metadata={"format": "mpq-imageset", "version": "1"})
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a data source holds, found without decoding or loading any image.
+
+    Attributes:
+        count: number of images N (for ``builtin:digits`` the size of the requested split).
+        image_shape: ``(C, H, W)`` of every image after preprocessing, or None for folders (the model's
+            transform decides it).
+        labelled: whether the images come with labels.
+    """
+
+    count: int
+    image_shape: tuple[int, int, int] | None
+    labelled: bool
+
+
+def describe_source(
+    source: str, *, split: str = "calib", model_name: str | None = None, arch_kwargs: dict | None = None
+) -> SourceInfo:
+    """Cheap checks of a data source: the safetensors header (no tensor is read), a folder listing (no image is
+    decoded) or the built-in split sizes. Raises :class:`DataLoadError` with what to fix; the same source may
+    still fail in :func:`load_dataset` on what only the bytes show (NaN pixels, undecodable images).
+
+    Messages name a file or folder by its last path component only.
+    """
+    if not isinstance(source, str) or not source:
+        raise DataLoadError(f"data source must be a non-empty string; got {source!r}")
+    if source.startswith(_BUILTIN_PREFIX):
+        name = source[len(_BUILTIN_PREFIX) :]
+        if name not in _BUILTIN_DATASETS:
+            choices = ", ".join(_BUILTIN_PREFIX + n for n in _BUILTIN_DATASETS)
+            raise DataLoadError(f"unknown built-in dataset {source!r}; choose one of {choices}")
+        if split not in DIGITS_SPLITS:
+            raise DataLoadError(f"unknown split {split!r} for builtin:digits; choose one of {DIGITS_SPLITS}")
+        size = 32
+        if model_name is not None:
+            channels, height, width = _model_info(model_name, arch_kwargs)["input_size"]
+            if channels != 3 or height != width:
+                raise DataLoadError(
+                    f"builtin:digits makes square 3-channel images but {model_name!r} expects input "
+                    f"{(channels, height, width)}"
+                )
+            size = height
+        return SourceInfo(count=_digits_split_size(split), image_shape=(3, size, size), labelled=True)
+    if source.startswith(_FOLDER_PREFIX):
+        return _describe_folder(Path(source[len(_FOLDER_PREFIX) :]))
+    return _describe_file(Path(source))
+
+
+def _digits_split_size(split: str) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(DIGITS_PATH), framework="pt") as handle:
+        return int(handle.get_slice(f"{split}_idx").get_shape()[0])
+
+
+def _describe_file(path: Path) -> SourceInfo:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise DataLoadError(f"image set file {path.name!r} not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            entries = {key: (handle.get_slice(key).get_dtype(), list(handle.get_slice(key).get_shape()))
+                       for key in handle.keys()}  # noqa: SIM118 - not a dict
+    except Exception as exc:
+        raise DataLoadError(f"the image set is not a readable safetensors file ({type(exc).__name__})") from exc
+    unknown = sorted(set(entries) - set(_IMAGESET_KEYS))
+    if unknown:
+        raise DataLoadError(
+            f"the image set has unexpected tensors {unknown}; it holds only 'images' (float [N, 3, H, W]) and "
+            "optionally 'labels' (int [N])"
+        )
+    if "images" not in entries:
+        raise DataLoadError("the image set has no 'images' tensor; store the images as float [N, 3, H, W]")
+    dtype, shape = entries["images"]
+    if dtype not in _HEADER_IMAGE_DTYPES:
+        raise DataLoadError(f"'images' must be floating point (float32 preferred); got {dtype}")
+    if len(shape) != 4 or shape[1] != 3 or shape[0] == 0:
+        raise DataLoadError(
+            f"'images' must have shape [N, 3, H, W] (channels first, 3 channels, N >= 1); got {shape}"
+        )
+    labels = entries.get("labels")
+    if labels is not None:
+        if labels[0] not in _HEADER_LABEL_DTYPES:
+            raise DataLoadError(f"'labels' must be an integer tensor (int64 preferred); got {labels[0]}")
+        if labels[1] != [shape[0]]:
+            raise DataLoadError(f"'labels' must have shape [N] with N = {shape[0]}; got {labels[1]}")
+    return SourceInfo(count=int(shape[0]), image_shape=(3, int(shape[2]), int(shape[3])),
+                      labelled=labels is not None)
+
+
+def _describe_folder(root: Path) -> SourceInfo:
+    if not root.is_dir():
+        raise DataLoadError(f"image folder {root.name!r} not found")
+    classes = sorted(entry for entry in root.iterdir() if entry.is_dir())
+    count = 0
+    for folder in classes:
+        for _directory, _subdirs, files in _walk(folder):
+            count += sum(1 for name in files if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not classes or count == 0:
+        raise DataLoadError(
+            f"image folder {root.name!r} has no images in class sub-folders; expected <folder>/<class>/<image>.jpg "
+            f"with endings {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    return SourceInfo(count=count, image_shape=None, labelled=True)
+
+
+def _walk(folder: Path):
+    import os
+
+    return os.walk(folder, followlinks=True)

@@ -17,6 +17,7 @@ from service import migrations
 from service.allocate.endpoints import router as allocate_router
 from service.artifact.endpoints import router as artifact_router
 from service.errors_http import install_error_handlers
+from service.events.endpoints import router as events_router
 from service.health.endpoints import router as health_router
 from service.job.endpoints import router as job_router
 from service.job.service import NullDispatcher
@@ -25,6 +26,7 @@ from service.kit.limits import BodySizeLimitMiddleware
 from service.metrics import Metrics, PrometheusMiddleware
 from service.metrics import router as metrics_router
 from service.settings import Settings, get_settings
+from service.webhooks.endpoints import router as webhooks_router
 
 __all__ = ["create_app"]
 
@@ -59,6 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _prepare_database(settings)
+        from service.job.config import warm_up
+
+        warm_up()  # torch, timm and the solver load now, not in the first POST /v1/jobs
         engine = make_engine(settings.database_url)
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
@@ -70,9 +75,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             worker = EmbeddedWorker(settings)
             worker.start()
         app.state.worker = worker
+        deliveries = None
+        if settings.webhook_worker:
+            from service.webhooks.delivery import DeliveryWorker
+
+            deliveries = DeliveryWorker(app.state.session_factory, settings, on_outcome=metrics.webhook_outcome)
+            deliveries.start()
         try:
             yield
         finally:
+            if deliveries is not None:
+                deliveries.stop()
             if worker is not None:
                 worker.stop()
             engine.dispose()
@@ -87,7 +100,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     metrics.add_jobs_collector(lambda: app.state.session_factory)
     install_error_handlers(app)
-    for router in (health_router, metrics_router, artifact_router, job_router, allocate_router):
+    for router in (
+        health_router,
+        metrics_router,
+        artifact_router,
+        job_router,
+        events_router,
+        webhooks_router,
+        allocate_router,
+    ):
         app.include_router(router)
     app.add_middleware(
         BodySizeLimitMiddleware,

@@ -4,8 +4,10 @@
   database first. When the database has no API key at all, it creates one for tenant ``local`` and prints it
   once at start (keep it: it is stored hashed and cannot be shown again).
 - ``mpq worker``: a Celery worker for the ``quantize`` queue (needs ``MPQ_BROKER_URL``).
-- ``mpq submit``, ``mpq status``, ``mpq download``: a small client of the API (``MPQ_API_URL``, ``MPQ_API_KEY``).
-- ``mpq keys create --tenant NAME``: make an API key (printed once).
+- ``mpq submit [--wait]``, ``mpq status [--follow]``, ``mpq download``: a client of the API (``MPQ_API_URL``,
+  ``MPQ_API_KEY``); ``--wait``/``--follow`` show a live progress bar from the job's event stream.
+- ``mpq keys create --tenant NAME [--expires-in 30d]``: make an API key (printed once); ``mpq keys list``,
+  ``mpq keys revoke PREFIX`` (takes effect within 10 s on every API process: their key cache time).
 - ``mpq db upgrade`` / ``mpq db downgrade`` / ``mpq db current``: Alembic migrations on ``MPQ_DATABASE_URL``.
 - ``mpq quantize``: one job locally (registered by :mod:`quant.cli` when it is installed).
 """
@@ -59,6 +61,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"  MPQ_API_KEY={created.key}",
             flush=True,
         )
+    print(f"mpq: {_data_location(settings)}", flush=True)
     print(f"mpq: serving on http://{settings.host}:{settings.port} (docs at /docs)", flush=True)
     uvicorn.run(
         create_app(settings),
@@ -68,6 +71,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         access_log=settings.log_level == "debug",
     )
     return 0
+
+
+def _data_location(settings: Any) -> str:
+    """Where the data lives (database URL without password, artifact folder), printed when a process starts."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(settings.database_url).render_as_string(hide_password=True)
+    return (
+        f"database {database}, artifacts in {settings.artifact_dir} (data directory MPQ_HOME={settings.home})"
+    )
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -81,12 +94,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         return 2
     from service.worker.celery_app import run_celery_worker
 
+    print(f"mpq worker: {_data_location(settings)}; device MPQ_DEVICE={settings.device}", flush=True)
     return run_celery_worker(settings, concurrency=args.concurrency, loglevel=args.log_level)
 
 
-def _cmd_keys_create(args: argparse.Namespace) -> int:
+def _cmd_keys(args: argparse.Namespace) -> int:
     from service import migrations
-    from service.auth.service import create_key
+    from service.auth.service import create_key, list_keys, parse_duration, revoke_key
     from service.kit.db import make_engine, make_session_factory, session_scope
     from service.kit.errors import MPQError
 
@@ -96,14 +110,34 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
     engine = make_engine(settings.database_url)
     try:
         with session_scope(make_session_factory(engine)) as session:
-            created = create_key(session, args.tenant, key_name=args.name)
+            if args.keys_command == "create":
+                expires_in = parse_duration(args.expires_in) if args.expires_in else None
+                created = create_key(session, args.tenant, key_name=args.name, expires_in=expires_in)
+                print(created.key)
+                until = f", expires {created.expires_at:%Y-%m-%d %H:%M} UTC" if created.expires_at else ""
+                print(
+                    f"(tenant {created.tenant!r}{until}; store this key now, it is kept only as a hash)",
+                    file=sys.stderr,
+                )
+            elif args.keys_command == "list":
+                keys = list_keys(session, args.tenant)
+                if args.json:
+                    rows = [{**vars(key), "state": key.state} for key in keys]
+                    print(json.dumps(rows, indent=2, default=str))
+                for key in [] if args.json else keys:
+                    expires = f"{key.expires_at:%Y-%m-%d %H:%M}" if key.expires_at else "never"
+                    print(
+                        f"{key.prefix}  {key.state:<7}  tenant={key.tenant}  created={key.created_at:%Y-%m-%d}"
+                        f"  expires={expires}  id={key.id}  {key.name}"
+                    )
+            else:
+                key = revoke_key(session, args.key_id)
+                print(f"revoked {key.prefix} (id {key.id}); API processes stop accepting it within 10 s")
     except MPQError as exc:
-        print(f"mpq keys create: {exc.message}", file=sys.stderr)
+        print(f"mpq keys {args.keys_command}: {exc.message}", file=sys.stderr)
         return 2
     finally:
         engine.dispose()
-    print(created.key)
-    print(f"(tenant {created.tenant!r}; store this key now, it is kept only as a hash)", file=sys.stderr)
     return 0
 
 
@@ -146,11 +180,50 @@ def _parse_budget(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"budget must be NAME=NUMBER (e.g. wbits=4), got {text!r}") from None
 
 
-def _print_job(job: dict[str, Any]) -> None:
+def _print_job(job: Any) -> None:
     stage = job.get("stage") or "-"
     print(
         f"{job['id']}  {job['status']:<9}  {100 * job.get('progress', 0):5.1f}%  stage={stage}  {job.get('message', '')}"
     )
+
+
+def _eta_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "ETA --"
+    seconds = round(seconds)
+    return (
+        f"ETA {seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"ETA {seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def _follow(client: Any, job_id: str) -> Any:
+    """Follow a job's event stream with a live progress bar on stderr; returns the final job.
+
+    On a terminal the bar is redrawn in place; otherwise one line is printed per stage or status change.
+    """
+    live = sys.stderr.isatty()
+    state: dict[str, Any] = {"eta": None, "line": None}
+
+    def on_event(event: Any) -> None:
+        if event.event == "progress":
+            state["eta"] = event.data.get("eta_seconds")
+
+    def on_update(job: Any) -> None:
+        filled = round(30 * job.progress)
+        bar = "#" * filled + "." * (30 - filled)
+        line = f"[{bar}] {100 * job.progress:5.1f}%  {job.status:<9} stage={job.stage or '-':<11} {_eta_text(state['eta'])}"
+        if live:
+            print(f"\r{line}  {job.message[:40]:<40}", end="", file=sys.stderr, flush=True)
+        elif (job.status, job.stage) != state["line"]:
+            print(line, file=sys.stderr, flush=True)
+        state["line"] = (job.status, job.stage)
+
+    job = client.wait(job_id, on_update=on_update, on_event=on_event)
+    if live:
+        print(file=sys.stderr)
+    return job
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -176,14 +249,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                 spec.setdefault("data", {})["eval_artifact_id"] = client.upload(args.eval_data, "images")[
                     "id"
                 ]
-            job = client.create_job(spec)
-            print(job["id"])
+            job = client.submit(spec, idempotency_key=args.idempotency_key)
+            print(job.id, flush=True)
             if args.wait:
-                job = client.wait(
-                    job["id"], on_update=lambda j: _print_job(j) if sys.stderr.isatty() else None
-                )
+                job = _follow(client, job.id)
                 _print_job(job)
-                return 0 if job["status"] == "succeeded" else 1
+                return 0 if job.status == "succeeded" else 1
         except APIError as exc:
             print(f"mpq submit: {exc}", file=sys.stderr)
             return 1
@@ -195,28 +266,58 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         try:
-            job = (
-                client.wait(args.job_id, on_update=_print_job) if args.watch else client.get_job(args.job_id)
-            )
+            if args.follow:
+                job = _follow(client, args.job_id)
+            elif args.watch:
+                job = client.wait(args.job_id, on_update=_print_job)
+            else:
+                job = client.get_job(args.job_id)
         except APIError as exc:
             print(f"mpq status: {exc}", file=sys.stderr)
             return 1
     if args.json:
-        print(json.dumps(job, indent=2))
+        print(job.model_dump_json(indent=2))
     elif not args.watch:
         _print_job(job)
-    return 0
+    return 0 if not args.follow or job.status == "succeeded" else 1
+
+
+#: File an extracted bundle folder records its job id in, so that another job's download does not overwrite it.
+JOB_MARKER = ".mpq-job"
+
+
+def _download_conflict(destination: Path, job_id: str, zip_file: bool) -> str | None:
+    """Why downloading ``job_id`` into ``destination`` would overwrite something else; None when it would not."""
+    if zip_file:
+        return f"{destination} exists" if destination.exists() else None
+    if destination.exists() and not destination.is_dir():
+        return f"{destination} exists and is not a folder"
+    if not destination.is_dir() or not any(destination.iterdir()):
+        return None
+    marker = destination / JOB_MARKER
+    owner = marker.read_text().strip() if marker.is_file() else None
+    if owner == job_id:
+        return None  # the same job's bundle again
+    what = f"the bundle of job {owner}" if owner else "files that are not this job's bundle"
+    return f"{destination} already holds {what}"
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
     from service.client import APIError
 
+    destination = Path(args.output or f"mpq-{args.job_id}")
+    conflict = _download_conflict(destination, args.job_id, args.zip)
+    if conflict and not args.force:
+        print(f"mpq download: {conflict}; choose another -o or pass --force to overwrite", file=sys.stderr)
+        return 1
     with _client(args) as client:
         try:
-            path = client.download(args.job_id, args.output or f"mpq-{args.job_id}", extract=not args.zip)
+            path = client.download(args.job_id, destination, extract=not args.zip)
         except APIError as exc:
             print(f"mpq download: {exc}", file=sys.stderr)
             return 1
+    if not args.zip:
+        (Path(path) / JOB_MARKER).write_text(args.job_id + "\n")
     print(path)
     return 0
 
@@ -243,7 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     worker = sub.add_parser("worker", help="run a Celery worker (needs MPQ_BROKER_URL)")
-    worker.add_argument("--concurrency", type=int, default=1, help="jobs at a time (one per GPU)")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="jobs at a time on a CPU worker; a GPU worker runs one (one worker per GPU, CUDA_VISIBLE_DEVICES)",
+    )
     worker.add_argument("--log-level", default="info")
     worker.set_defaults(func=_cmd_worker)
 
@@ -252,7 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="create a key for a tenant (printed once)")
     create.add_argument("--tenant", required=True)
     create.add_argument("--name", default="", help="a label for the key")
-    create.set_defaults(func=_cmd_keys_create)
+    create.add_argument("--expires-in", default=None, help="lifetime, e.g. 30d, 12h, 2w (default: never)")
+    create.set_defaults(func=_cmd_keys)
+    listing = keys_sub.add_parser("list", help="list keys (prefix, state, expiry; never the key)")
+    listing.add_argument("--tenant", default=None, help="only this tenant's keys")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_cmd_keys)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its prefix (e.g. mpq_AbC12345) or id")
+    revoke.add_argument("key_id", help="the key's prefix as shown by mpq keys list, or its id")
+    revoke.set_defaults(func=_cmd_keys)
 
     db = sub.add_parser("db", help="database migrations")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -276,13 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--budget", action="append", type=_parse_budget, default=[], help="NAME=VALUE; repeatable"
     )
-    submit.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the job with a live progress bar until it ends"
+    )
+    submit.add_argument(
+        "--idempotency-key", default=None, help="reuse a key to make a retried submit return the first job"
+    )
     _add_client_options(submit)
     submit.set_defaults(func=_cmd_submit)
 
     status = sub.add_parser("status", help="show a job")
     status.add_argument("job_id")
-    status.add_argument("--watch", action="store_true", help="poll until it finishes")
+    status.add_argument("--watch", action="store_true", help="print each update until it finishes")
+    status.add_argument(
+        "--follow", action="store_true", help="live progress bar (status, stage, ETA) until the job ends"
+    )
     status.add_argument("--json", action="store_true", help="print the whole job as JSON")
     _add_client_options(status)
     status.set_defaults(func=_cmd_status)
@@ -291,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("job_id")
     download.add_argument("-o", "--output", help="folder to extract into (default ./mpq-<job id>)")
     download.add_argument("--zip", action="store_true", help="save the zip as --output instead of extracting")
+    download.add_argument(
+        "--force", action="store_true", help="overwrite --output even when it holds another job's bundle"
+    )
     _add_client_options(download)
     download.set_defaults(func=_cmd_download)
 

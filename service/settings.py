@@ -1,18 +1,27 @@
 """Service settings: one pydantic-settings class read from ``MPQ_*`` environment variables.
 
-Defaults make ``mpq serve`` work out of the box on one machine: a SQLite file and an artifact folder under
-``./var/`` (relative to the working directory), the embedded worker, and the API on loopback only.
+Defaults make ``mpq serve`` work out of the box on one machine: a SQLite file and an artifact folder in a stable
+data directory (``MPQ_HOME``, else ``$XDG_DATA_HOME/mpq``, else ``~/.local/share/mpq``; the same wherever the
+command starts), the embedded worker, and the API on loopback only.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "default_home", "get_settings"]
+
+
+def default_home() -> Path:
+    """The data directory when ``MPQ_HOME`` is not set: ``$XDG_DATA_HOME/mpq`` or ``~/.local/share/mpq``."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "mpq"
 
 
 class Settings(BaseSettings):
@@ -23,10 +32,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MPQ_", extra="ignore")
 
-    #: SQLAlchemy URL. SQLite file by default; PostgreSQL as ``postgresql+psycopg://user@host/db``.
-    database_url: str = "sqlite:///./var/mpq.db"
-    #: Folder holding uploaded artifacts (content-addressed blobs) and job folders (checkpoints, bundles).
-    artifact_dir: Path = Path("./var/artifacts")
+    #: Data directory of the defaults below (``MPQ_HOME``); absolute, independent of the working directory.
+    home: Path = Field(default_factory=default_home)
+    #: SQLAlchemy URL. Default ``sqlite:///<home>/mpq.db``; PostgreSQL as ``postgresql+psycopg://user@host/db``.
+    database_url: str = ""
+    #: Folder holding uploaded artifacts (content-addressed blobs) and job folders. Default ``<home>/artifacts``.
+    artifact_dir: Path = Path("")
     #: Root for image folders that jobs may reference as data (``data.folder``), resolved on the worker.
     data_root: Path | None = None
     #: Celery broker (``redis://...`` or ``amqp://...``). Empty: jobs run in the embedded worker process.
@@ -53,6 +64,19 @@ class Settings(BaseSettings):
     worker_nice: int = Field(default=10, ge=0, le=19)
     #: Upper bound of the time limit a ``POST /v1/allocate`` request may ask for, in seconds.
     allocate_max_time_limit: float = Field(default=30.0, gt=0)
+
+    # ---- hardening: the worker's device and upper bounds of a job request (422 ``limit_exceeded`` beyond) --------
+    #: Device of the workers: ``cpu``, ``cuda`` (each worker sees one GPU through CUDA_VISIBLE_DEVICES) or
+    #: ``auto`` (CUDA when the process sees one). Jobs asking for a device the workers cannot serve get a 422.
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda)$")
+    #: Largest ``method.reconstruct_iters`` (iterations per block) a job may ask for.
+    max_reconstruct_iters: int = Field(default=50_000, ge=1)
+    #: Largest ``method.iterative_rounds`` (LampQ allocation rounds).
+    max_iterative_rounds: int = Field(default=10, ge=0)
+    #: Largest ``method.reconstruct_rank`` (FIMA-Q low-rank Fisher rank k).
+    max_reconstruct_rank: int = Field(default=64, ge=1)
+    #: Largest ``data.num_calibration`` (calibration images).
+    max_calibration_images: int = Field(default=4096, ge=1)
     #: Address ``mpq serve`` binds to (loopback by default) and port.
     host: str = "127.0.0.1"
     port: int = 8000
@@ -60,6 +84,45 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     api_key: str = ""
     log_level: str = "info"
+
+    # ---- MLOps integration (webhooks, idempotency, events, tracking, metrics) --------------------------------
+    #: Seconds an ``Idempotency-Key`` is remembered (24 h).
+    idempotency_ttl: float = Field(default=24 * 3600.0, gt=0)
+    #: Accept webhook URLs on private, loopback and link-local addresses (off: only public targets).
+    webhook_allow_private: bool = False
+    #: Run the webhook delivery loop in the API process.
+    webhook_worker: bool = True
+    #: Seconds between polls of the delivery outbox.
+    webhook_poll_interval: float = Field(default=1.0, gt=0)
+    #: Retry delay after the n-th failed attempt: ``min(base * 2**(n-1), max)`` seconds, times a random
+    #: factor in [0.5, 1.0] (full-range jitter halves synchronized retries). 30 s .. 1 h over 16 attempts ~ 9 h.
+    webhook_backoff_base: float = Field(default=30.0, gt=0)
+    webhook_backoff_max: float = Field(default=3600.0, gt=0)
+    #: Attempts of one delivery before it is marked failed.
+    webhook_max_attempts: int = Field(default=16, ge=1)
+    #: Consecutive failed attempts after which an endpoint is disabled (the tenant re-enables it).
+    webhook_disable_after: int = Field(default=20, ge=1)
+    #: Seconds the receiver has to answer one delivery.
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    #: Log lines kept per job (``GET /v1/jobs/{id}/logs``); later lines are dropped.
+    job_log_max_lines: int = Field(default=2000, ge=0)
+    #: When set, ``GET /metrics`` requires ``Authorization: Bearer <token>``.
+    metrics_token: str = ""
+    #: MLflow tracking server; empty: no tracking.
+    mlflow_tracking_uri: str = ""
+    #: Experiment name; ``{tenant}`` is replaced by the tenant name.
+    mlflow_experiment: str = "mpq-{tenant}"
+    #: When set, each succeeded job's bundle is registered as a version of this model.
+    mlflow_register_model: str = ""
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.home = self.home.expanduser().absolute()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'mpq.db'}"
+        if str(self.artifact_dir) in ("", "."):
+            self.artifact_dir = self.home / "artifacts"
+        return self
 
     @property
     def embedded(self) -> bool:

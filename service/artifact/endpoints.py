@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
 from service.artifact.schemas import ArtifactPublic, ArtifactsPublic
 from service.artifact.service import ArtifactService
 from service.artifact.storage import BlobStore
 from service.auth.dependencies import TenantDep
 from service.deps import SessionDep, SettingsDep
+from service.idempotency import IdempotencyKeyDep, run_idempotent
 from service.kit.schemas import error_responses
 from service.models import ArtifactKind
 
@@ -28,6 +31,7 @@ router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
     summary="Upload a safetensors file of weights or images",
 )
 def upload_artifact(
+    request: Request,
     tenant: TenantDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -40,16 +44,28 @@ def upload_artifact(
             description="weights or images; inferred from the tensors when omitted ('images' present -> images)"
         ),
     ] = None,
-) -> ArtifactPublic:
+    idempotency_key: IdempotencyKeyDep = None,
+) -> Response:
     """Store the file under its SHA-256 after checking its header (tensors are never loaded).
 
     An ``images`` artifact holds ``images`` float32 [N,3,H,W] and optionally ``labels`` int64 [N].
     """
-    service = ArtifactService(session, BlobStore(settings.artifact_dir))
-    artifact = service.upload(
-        tenant, file.file, filename=file.filename or "", kind=kind, max_bytes=settings.max_upload_bytes
-    )
-    return ArtifactPublic.model_validate(artifact)
+
+    def handler() -> tuple[int, ArtifactPublic]:
+        service = ArtifactService(session, BlobStore(settings.artifact_dir))
+        artifact = service.upload(
+            tenant, file.file, filename=file.filename or "", kind=kind, max_bytes=settings.max_upload_bytes
+        )
+        return status.HTTP_201_CREATED, ArtifactPublic.model_validate(artifact)
+
+    body = None
+    if idempotency_key is not None:  # "the same request": same bytes, name and kind
+        digest = hashlib.sha256()
+        while chunk := file.file.read(1 << 20):
+            digest.update(chunk)
+        file.file.seek(0)
+        body = {"sha256": digest.hexdigest(), "filename": file.filename or "", "kind": kind}
+    return run_idempotent(request, tenant, idempotency_key, body, handler)
 
 
 @router.get("", response_model=ArtifactsPublic, responses=error_responses(), summary="List own artifacts")
@@ -58,15 +74,26 @@ def list_artifacts(
     session: SessionDep,
     settings: SettingsDep,
     kind: ArtifactKind | None = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    after: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
 ) -> ArtifactsPublic:
-    """The caller's artifacts, newest first."""
-    rows, total = ArtifactService(session, BlobStore(settings.artifact_dir)).list(
-        tenant, kind=kind, limit=limit, offset=offset
+    """The caller's artifacts, newest first, one cursor page after ``after`` (date bounds exclusive)."""
+    page = ArtifactService(session, BlobStore(settings.artifact_dir)).repository.list(
+        tenant.id,
+        kind=kind,
+        created_after=created_after,
+        created_before=created_before,
+        limit=limit,
+        after=after,
     )
     return ArtifactsPublic(
-        data=[ArtifactPublic.model_validate(row) for row in rows], count=total, limit=limit, offset=offset
+        data=[ArtifactPublic.model_validate(row) for row in page.rows],
+        has_more=page.has_more,
+        next_cursor=page.next_cursor,
     )
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.models import Artifact, ArtifactKind
+from service.pagination import Page, keyset_page
 
 __all__ = ["ArtifactRepository"]
 
@@ -24,9 +26,12 @@ class ArtifactRepository:
             select(Artifact).where(Artifact.id == artifact_id, Artifact.tenant_id == tenant_id)
         )
 
-    def get_by_sha256(self, tenant_id: uuid.UUID, sha256: str) -> Artifact | None:
+    def get_by_sha256(self, tenant_id: uuid.UUID, sha256: str, kind: ArtifactKind) -> Artifact | None:
+        """The tenant's artifact of these bytes and this kind (the same bytes may be one artifact per kind)."""
         return self.session.scalar(
-            select(Artifact).where(Artifact.tenant_id == tenant_id, Artifact.sha256 == sha256)
+            select(Artifact).where(
+                Artifact.tenant_id == tenant_id, Artifact.sha256 == sha256, Artifact.kind == kind
+            )
         )
 
     def add(
@@ -47,18 +52,23 @@ class ArtifactRepository:
         return artifact
 
     def list(
-        self, tenant_id: uuid.UUID, *, kind: ArtifactKind | None, limit: int, offset: int
-    ) -> tuple[list[Artifact], int]:
-        """A page of the tenant's artifacts, newest first, and the total count."""
-        where = [Artifact.tenant_id == tenant_id]
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        limit: int,
+        after: str | None = None,
+        kind: ArtifactKind | None = None,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+    ) -> Page[Artifact]:
+        """One cursor page of the tenant's artifacts, newest first (date bounds exclusive)."""
+        statement = select(Artifact).where(Artifact.tenant_id == tenant_id)
         if kind is not None:
-            where.append(Artifact.kind == kind)
-        total = self.session.scalar(select(func.count()).select_from(Artifact).where(*where)) or 0
-        rows = self.session.scalars(
-            select(Artifact)
-            .where(*where)
-            .order_by(Artifact.created_at.desc(), Artifact.id)
-            .limit(limit)
-            .offset(offset)
-        ).all()
-        return list(rows), total
+            statement = statement.where(Artifact.kind == kind)
+        if created_after is not None:
+            statement = statement.where(Artifact.created_at > created_after)
+        if created_before is not None:
+            statement = statement.where(Artifact.created_at < created_before)
+        return keyset_page(
+            self.session, statement, Artifact.created_at, Artifact.id, limit=limit, after=after
+        )

@@ -16,6 +16,8 @@ __all__ = ["ArtifactPublic", "ArtifactsPublic", "TensorPublic"]
 class TensorPublic(BaseModel):
     dtype: str
     shape: list[int]
+    #: True when the upload scan found NaN or inf in this tensor (jobs using the artifact are refused).
+    nonfinite: bool = False
 
 
 class ArtifactPublic(Schema):
@@ -34,6 +36,5 @@ class ArtifactsPublic(BaseModel):
     """A page of artifacts."""
 
     data: list[ArtifactPublic]
-    count: int
-    limit: int
-    offset: int
+    has_more: bool
+    next_cursor: str | None

@@ -9,7 +9,7 @@ from typing import BinaryIO
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.artifact.inspection import check_kind, infer_kind, read_safetensors_header
+from service.artifact.inspection import check_kind, infer_kind, nonfinite_tensors, read_safetensors_header
 from service.artifact.repository import ArtifactRepository
 from service.artifact.storage import BlobStore
 from service.auth.service import CurrentTenant
@@ -45,31 +45,32 @@ class ArtifactService:
             tensors = read_safetensors_header(staged.path)
             resolved_kind = kind or infer_kind(tensors)
             check_kind(resolved_kind, tensors)
+            existing = self.repository.get_by_sha256(tenant.id, staged.sha256, resolved_kind)
+            if existing is None:
+                nonfinite = nonfinite_tensors(staged.path, tensors)
         except BaseException:
             self.store.discard(staged)
             raise
-        existing = self.repository.get_by_sha256(tenant.id, staged.sha256)
-        if existing is not None and existing.kind == resolved_kind:
+        if existing is not None:
             self.store.discard(staged)
             return existing
         self.store.commit(staged)
-        if existing is not None:  # same bytes declared as another kind: keep one row, update its kind
-            existing.kind = resolved_kind
-            self.session.commit()
-            return existing
-        try:
+        described = {name: info.to_dict() for name, info in tensors.items()}
+        for name in nonfinite:  # kept on the artifact: jobs using it are refused at submit
+            described[name]["nonfinite"] = True
+        try:  # same bytes under another kind: a new artifact row; the existing one keeps its kind
             artifact = self.repository.add(
                 tenant_id=tenant.id,
                 kind=resolved_kind,
                 sha256=staged.sha256,
                 size=staged.size,
                 filename=Path(filename or "").name[:255],
-                tensors={name: info.to_dict() for name, info in tensors.items()},
+                tensors=described,
             )
             self.session.commit()
         except IntegrityError:  # the same tenant uploaded the same bytes concurrently
             self.session.rollback()
-            artifact = self.repository.get_by_sha256(tenant.id, staged.sha256)
+            artifact = self.repository.get_by_sha256(tenant.id, staged.sha256, resolved_kind)
             if artifact is None:
                 raise
         return artifact
@@ -80,11 +81,6 @@ class ArtifactService:
         if artifact is None:
             raise NotFound(f"artifact {artifact_id} not found", code="artifact_not_found")
         return artifact
-
-    def list(
-        self, tenant: CurrentTenant, *, kind: ArtifactKind | None, limit: int, offset: int
-    ) -> tuple[list[Artifact], int]:
-        return self.repository.list(tenant.id, kind=kind, limit=limit, offset=offset)
 
     def local_path(self, artifact: Artifact) -> Path:
         """The file of an artifact in the blob store."""

@@ -15,8 +15,19 @@ from pydantic import ValidationError
 from quant.config import DataSpec, ModelSpec, PipelineConfig
 from service.job.schemas import JobCreate
 from service.kit.errors import UnprocessableEntity
+from service.models import Artifact, ArtifactKind
+from service.settings import Settings
 
-__all__ = ["DEFAULT_DATA", "build_pipeline_config", "resolve_data_folder"]
+__all__ = [
+    "DEFAULT_DATA",
+    "build_pipeline_config",
+    "check_artifact_finite",
+    "check_device",
+    "check_limits",
+    "resolve_data_folder",
+    "warm_up",
+    "workers_have_cuda",
+]
 
 DEFAULT_DATA = "builtin:digits"
 
@@ -45,9 +56,16 @@ def resolve_data_folder(data_root: Path | None, relative: str, field: str) -> Pa
 
 
 def build_pipeline_config(
-    spec: JobCreate, *, artifact_path: Callable[[uuid.UUID], Path], data_root: Path | None
+    spec: JobCreate,
+    *,
+    artifact_path: Callable[[uuid.UUID], Path],
+    data_root: Path | None,
+    worker_device: str | None = None,
 ) -> PipelineConfig:
-    """The pipeline config of ``spec``; ``artifact_path`` maps an artifact id to its local file."""
+    """The pipeline config of ``spec``; ``artifact_path`` maps an artifact id to its local file.
+
+    ``worker_device`` (the worker's ``MPQ_DEVICE``) replaces a request's ``auto`` device.
+    """
     weights = spec.model.weights_artifact_id
     data = spec.data
     if data.artifact_id is not None:
@@ -77,9 +95,91 @@ def build_pipeline_config(
             ),
             method=spec.method,
             seed=spec.seed,
-            device=spec.device,
+            device=worker_device if spec.device == "auto" and worker_device else spec.device,
         )
     except ValidationError as exc:
         raise UnprocessableEntity(
             f"invalid job configuration: {exc.errors()[0]['msg']}", code="invalid_config"
         ) from exc
+
+
+#: (field, config attribute path, settings field) of every bounded request value.
+_LIMITS = (
+    ("method.reconstruct_iters", ("method", "reconstruct_iters"), "max_reconstruct_iters"),
+    ("method.iterative_rounds", ("method", "iterative_rounds"), "max_iterative_rounds"),
+    ("method.reconstruct_rank", ("method", "reconstruct_rank"), "max_reconstruct_rank"),
+    ("data.num_calibration", ("data", "num_calibration"), "max_calibration_images"),
+)
+
+
+def check_limits(config: PipelineConfig, settings: Settings) -> None:
+    """422 ``limit_exceeded`` when the request asks for more iterations, rounds, rank or calibration images than
+    the operator allows (``MPQ_MAX_RECONSTRUCT_ITERS``, ``MPQ_MAX_ITERATIVE_ROUNDS``, ``MPQ_MAX_RECONSTRUCT_RANK``,
+    ``MPQ_MAX_CALIBRATION_IMAGES``)."""
+    for field, (section, attribute), setting in _LIMITS:
+        value = getattr(getattr(config, section), attribute, None)
+        limit = getattr(settings, setting)
+        if isinstance(value, int) and value > limit:
+            raise UnprocessableEntity(
+                f"{field} is {value}; this server allows at most {limit} (operator setting MPQ_{setting.upper()})",
+                code="limit_exceeded",
+                details={"field": field, "value": value, "max": limit},
+            )
+
+
+def workers_have_cuda(settings: Settings) -> bool:
+    """Whether jobs run on a GPU: ``MPQ_DEVICE=cuda``, or ``auto`` in a process that sees one."""
+    if settings.device == "cuda":
+        return True
+    if settings.device == "cpu":
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def check_device(requested: str, settings: Settings) -> None:
+    """422 ``device_unavailable`` when the workers cannot serve ``requested`` (``auto``/``cpu`` always can;
+    ``cuda`` needs GPU workers, and each worker sees exactly one GPU, so only ``cuda`` / ``cuda:0`` exist)."""
+    if not requested.startswith("cuda"):
+        return
+    if not workers_have_cuda(settings):
+        raise UnprocessableEntity(
+            f"device {requested!r} is not available: this deployment's workers run on the CPU "
+            f"(MPQ_DEVICE={settings.device}); ask for 'cpu' or 'auto'",
+            code="device_unavailable",
+            details={"device": requested, "worker_device": "cpu"},
+        )
+    if requested not in ("cuda", "cuda:0"):
+        raise UnprocessableEntity(
+            f"device {requested!r} is not available: each worker runs one job on the one GPU it sees "
+            "(CUDA_VISIBLE_DEVICES); ask for 'cuda'",
+            code="device_unavailable",
+            details={"device": requested, "worker_device": "cuda"},
+        )
+
+
+def check_artifact_finite(artifact: Artifact, field: str) -> None:
+    """422 ``nonfinite_weights`` / ``nonfinite_images`` when the upload scan found NaN or inf in the artifact."""
+    bad = sorted(
+        name
+        for name, entry in (artifact.tensors or {}).items()
+        if isinstance(entry, dict) and entry.get("nonfinite")
+    )
+    if not bad:
+        return
+    what = "weights" if artifact.kind == ArtifactKind.WEIGHTS else "images"
+    more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+    raise UnprocessableEntity(
+        f"{field}: artifact {artifact.id} holds NaN or infinite values in {len(bad)} tensors "
+        f"({', '.join(bad[:5])}{more}); fix the file and upload it again",
+        code=f"nonfinite_{what}",
+        details={"field": field, "tensors": bad[:50]},
+    )
+
+
+def warm_up() -> None:
+    """Import the pipeline, validation and solver modules (torch, timm) now, so no request pays for it."""
+    import quant.allocation
+    import quant.pipeline
+    import quant.validation  # noqa: F401

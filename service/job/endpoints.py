@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from fastapi.responses import FileResponse
 
 from service.auth.dependencies import TenantDep
 from service.deps import SessionDep, SettingsDep
+from service.idempotency import IdempotencyKeyDep, run_idempotent
 from service.job.schemas import (
     JobCreate,
     JobPublic,
@@ -41,11 +43,26 @@ def _service(request: Request, session: SessionDep, settings: SettingsDep) -> Jo
     summary="Submit a quantization job",
 )
 def create_job(
-    body: JobCreate, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+    body: JobCreate,
+    request: Request,
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> Response:
-    """Validate the request with the pipeline's checks (422 saying what to fix) and queue it."""
-    job = _service(request, session, settings).create(tenant, body)
-    return json_response(JobPublic.model_validate(job), status.HTTP_202_ACCEPTED)
+    """Validate the request with the pipeline's checks (422 saying what to fix) and queue it.
+
+    With an ``Idempotency-Key`` header, a retry of the same request returns the first response (no second job).
+    """
+
+    def handler() -> tuple[int, JobPublic]:
+        job = _service(request, session, settings).create(tenant, body)
+        return status.HTTP_202_ACCEPTED, JobPublic.model_validate(job)
+
+    if idempotency_key is None:
+        code, model = handler()
+        return json_response(model, code)
+    return run_idempotent(request, tenant, idempotency_key, body.model_dump(mode="json"), handler)
 
 
 @router.get("", response_model=JobsPublic, responses=error_responses(), summary="List own jobs")
@@ -55,13 +72,36 @@ def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
     status: JobStatus | None = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
+    parent_id: uuid.UUID | None = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    after: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
 ) -> Response:
-    """The caller's jobs, newest first, optionally only those with ``status``."""
-    rows, total = _service(request, session, settings).list(tenant, status=status, limit=limit, offset=offset)
-    return JobsPublic(
-        data=[JobSummary.model_validate(row) for row in rows], count=total, limit=limit, offset=offset
+    """The caller's jobs, newest first, one page after the cursor ``after``; filters combine with AND.
+
+    ``created_after``/``created_before`` bound the creation time (exclusive, ISO 8601), ``name`` matches
+    exactly. Cursor pages are stable: jobs created while paging never shift them.
+    """
+    page = _service(request, session, settings).list(
+        tenant,
+        status=status,
+        created_after=created_after,
+        created_before=created_before,
+        parent_id=parent_id,
+        name=name,
+        limit=limit,
+        after=after,
+    )
+    return json_response(
+        JobsPublic(
+            data=[JobSummary.model_validate(row) for row in page.rows],
+            has_more=page.has_more,
+            next_cursor=page.next_cursor,
+        )
     )
 
 
@@ -138,7 +178,12 @@ def reallocate_job(
     tenant: TenantDep,
     session: SessionDep,
     settings: SettingsDep,
-) -> JobPublic:
+    idempotency_key: IdempotencyKeyDep = None,
+) -> Response:
     """A new job with a new budget that reuses this job's sensitivities (its sensitivity stage is ``reused``)."""
-    job = _service(request, session, settings).reallocate(tenant, job_id, body)
-    return JobPublic.model_validate(job)
+
+    def handler() -> tuple[int, JobPublic]:
+        job = _service(request, session, settings).reallocate(tenant, job_id, body)
+        return status.HTTP_202_ACCEPTED, JobPublic.model_validate(job)
+
+    return run_idempotent(request, tenant, idempotency_key, body.model_dump(mode="json"), handler)

@@ -38,7 +38,7 @@ def input_error_to_dict(exc: Exception) -> dict[str, Any]:
 #: Configurations that passed validation. Artifact paths are content-addressed (the path names the bytes) and
 #: built-in models and data are immutable, so a config that passed once passes again; image folders can change
 #: and are never cached.
-_VALIDATED: OrderedDict[str, None] = OrderedDict()
+_VALIDATED: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 _VALIDATED_MAX = 512
 _VALIDATED_LOCK = threading.Lock()
 
@@ -53,46 +53,48 @@ def _cache_key(config: PipelineConfig) -> str | None:
 _IN_FLIGHT: dict[str, threading.Lock] = {}
 
 
-def _remembered(key: str) -> bool:
+def _remembered(key: str) -> list[dict[str, Any]] | None:
     with _VALIDATED_LOCK:
         if key in _VALIDATED:
             _VALIDATED.move_to_end(key)
-            return True
-    return False
+            return _VALIDATED[key]
+    return None
 
 
-def _run_validation(config: PipelineConfig) -> None:
+def _run_validation(config: PipelineConfig) -> list[dict[str, Any]]:
     pipeline = pipeline_module()
     try:
-        pipeline.validate_config(config)
+        warnings = pipeline.validate_config(config)
     except pipeline.PipelineInputError as exc:
         error = input_error_to_dict(exc)
         raise UnprocessableEntity(error["message"], code=error["code"], details=error["details"]) from exc
+    return list(warnings) if isinstance(warnings, list) else []
 
 
-def validate(config: PipelineConfig) -> None:
+def validate(config: PipelineConfig) -> list[dict[str, Any]]:
     """Run the pipeline's fast checks; 422 with its code, message and details when the user must fix something.
+    Returns the warnings ``[{"code", "message"}]`` of an accepted configuration.
 
     Successful validations are remembered (see ``_VALIDATED``), and concurrent requests for the same
     configuration wait for one validation instead of each running their own (single flight).
     """
     key = _cache_key(config)
     if key is None:
-        _run_validation(config)
-        return
-    if _remembered(key):
-        return
+        return _run_validation(config)
+    if (warnings := _remembered(key)) is not None:
+        return warnings
     with _VALIDATED_LOCK:
         lock = _IN_FLIGHT.setdefault(key, threading.Lock())
     with lock:
-        if _remembered(key):
-            return
+        if (warnings := _remembered(key)) is not None:
+            return warnings
         try:
-            _run_validation(config)
+            warnings = _run_validation(config)
             with _VALIDATED_LOCK:
-                _VALIDATED[key] = None
+                _VALIDATED[key] = warnings
                 while len(_VALIDATED) > _VALIDATED_MAX:
                     _VALIDATED.popitem(last=False)
         finally:
             with _VALIDATED_LOCK:
                 _IN_FLIGHT.pop(key, None)
+    return warnings

@@ -15,8 +15,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from quant.config import STAGES
+from service.events.recorder import record_status
 from service.kit.db import utcnow
 from service.models import Job, JobLayer, JobStage, JobStatus, StageStatus
+from service.pagination import Page, keyset_page
 
 __all__ = ["JobRepository"]
 
@@ -51,17 +53,30 @@ class JobRepository:
         return self.session.execute(statement).unique().scalar_one_or_none()
 
     def list(
-        self, tenant_id: uuid.UUID, *, status: JobStatus | None, limit: int, offset: int
-    ) -> tuple[list[Job], int]:
-        """A page of the tenant's jobs, newest first, and the total count."""
-        where = [Job.tenant_id == tenant_id]
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        limit: int,
+        after: str | None = None,
+        status: JobStatus | None = None,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+        parent_id: uuid.UUID | None = None,
+        name: str | None = None,
+    ) -> Page[Job]:
+        """One cursor page of the tenant's jobs, newest first (``created_*`` bounds are exclusive)."""
+        statement = select(Job).where(Job.tenant_id == tenant_id)
         if status is not None:
-            where.append(Job.status == status)
-        total = self.session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
-        rows = self.session.scalars(
-            select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-        ).all()
-        return list(rows), total
+            statement = statement.where(Job.status == status)
+        if created_after is not None:
+            statement = statement.where(Job.created_at > created_after)
+        if created_before is not None:
+            statement = statement.where(Job.created_at < created_before)
+        if parent_id is not None:
+            statement = statement.where(Job.parent_id == parent_id)
+        if name is not None:
+            statement = statement.where(Job.name == name)
+        return keyset_page(self.session, statement, Job.created_at, Job.id, limit=limit, after=after)
 
     def layers(self, job_id: uuid.UUID) -> list[JobLayer]:
         return list(
@@ -87,7 +102,10 @@ class JobRepository:
                 message="cancelled before it started",
             )
         )
-        return result.rowcount == 1
+        if result.rowcount == 1:
+            record_status(self.session, job_id, JobStatus.CANCELLED, "cancelled before it started")
+            return True
+        return False
 
     def request_cancel_if_running(self, job_id: uuid.UUID) -> bool:
         """Flag a running job for cancellation (its worker notices at the next heartbeat)."""
@@ -127,9 +145,13 @@ class JobRepository:
                 heartbeat_at=now,
                 started_at=func.coalesce(Job.started_at, now),
                 updated_at=now,
+                message="running",
             )
         )
-        return result.rowcount == 1
+        if result.rowcount == 1:
+            record_status(self.session, job_id, JobStatus.RUNNING, "running")
+            return True
+        return False
 
     def touch(self, job_id: uuid.UUID, lease_id: str, **values: Any) -> bool:
         """Heartbeat (plus any ``values``) guarded by the lease; False when the lease is lost."""
@@ -140,6 +162,10 @@ class JobRepository:
             .values(heartbeat_at=now, updated_at=now, **values)
         )
         return result.rowcount == 1
+
+    def progress_of(self, job_id: uuid.UUID) -> float:
+        """The stored overall progress (0..1) of a job."""
+        return float(self.session.scalar(select(Job.progress).where(Job.id == job_id)) or 0.0)
 
     def cancel_requested(self, job_id: uuid.UUID) -> bool:
         return bool(self.session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
@@ -219,6 +245,7 @@ class JobRepository:
         )
         if result.rowcount == 1:
             self.reset_running_stages(job_id)
+            record_status(self.session, job_id, JobStatus.QUEUED, message)
             return True
         return False
 
@@ -238,6 +265,7 @@ class JobRepository:
         )
         if result.rowcount == 1:
             self.reset_running_stages(job_id)
+            record_status(self.session, job_id, JobStatus.FAILED, error["message"], error=error)
             return True
         return False
 

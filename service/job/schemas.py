@@ -32,7 +32,7 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelIn(_Strict):
@@ -121,6 +121,7 @@ class JobSummary(Schema):
     cancel_requested: bool
     error: dict[str, Any] | None
     metrics: dict[str, Any] | None
+    warnings: list[dict[str, Any]] | None = None
     attempts: int
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -139,12 +140,11 @@ class JobPublic(JobSummary):
 
 
 class JobsPublic(BaseModel):
-    """A page of jobs."""
+    """A page of jobs, newest first; pass ``next_cursor`` as ``after`` for the next page."""
 
     data: list[JobSummary]
-    count: int
-    limit: int
-    offset: int
+    has_more: bool
+    next_cursor: str | None
 
 
 class LayerPublic(Schema):

@@ -16,13 +16,15 @@ from sqlalchemy.orm import Session
 from service.artifact.repository import ArtifactRepository
 from service.artifact.storage import BlobStore
 from service.auth.service import CurrentTenant
+from service.events.recorder import record_status
 from service.job import pipeline
-from service.job.config import build_pipeline_config
+from service.job.config import build_pipeline_config, check_artifact_finite, check_device, check_limits
 from service.job.repository import JobRepository
 from service.job.schemas import JobCreate, ReallocateRequest
 from service.kit.errors import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
 from service.models import Artifact, ArtifactKind, Job, JobLayer, JobStatus
 from service.models.job import TERMINAL_STATUSES
+from service.pagination import Page
 from service.settings import Settings
 
 __all__ = ["Dispatcher", "JobService", "NullDispatcher"]
@@ -74,6 +76,7 @@ class JobService:
                 f"{field}: the file of artifact {artifact_id} is missing from the artifact store",
                 code="artifact_missing",
             )
+        check_artifact_finite(artifact, field)
         return artifact
 
     def _resolve(self, tenant: CurrentTenant, spec: JobCreate) -> dict[str, Artifact]:
@@ -89,6 +92,7 @@ class JobService:
         }
 
     def _validate(self, tenant: CurrentTenant, spec: JobCreate) -> dict[str, Artifact]:
+        check_device(spec.device, self.settings)
         artifacts = self._resolve(tenant, spec)
         by_id = {artifact.id: artifact for artifact in artifacts.values()}
         config = build_pipeline_config(
@@ -96,7 +100,8 @@ class JobService:
             artifact_path=lambda artifact_id: self.store.blob_path(by_id[artifact_id].sha256),
             data_root=self.settings.data_root,
         )
-        pipeline.validate(config)
+        check_limits(config, self.settings)
+        self._warnings = pipeline.validate(config) or []
         return artifacts
 
     def _insert(
@@ -122,8 +127,10 @@ class JobService:
             data_artifact_id=artifact_id("data.artifact_id"),
             eval_artifact_id=artifact_id("data.eval_artifact_id"),
             message="queued",
+            warnings=list(getattr(self, "_warnings", None) or []) or None,
         )
         self.jobs.add(job, reused=reused)
+        record_status(self.session, job.id, JobStatus.QUEUED, "queued")
         self.session.commit()
         try:
             self.dispatcher.enqueue(job.id)
@@ -135,6 +142,7 @@ class JobService:
                 "details": {},
             }
             job.message = job.error["message"]
+            record_status(self.session, job.id, JobStatus.FAILED, job.message, error=job.error)
             self.session.commit()
             raise ServiceUnavailable(
                 "the job queue is unreachable; the job was not started",
@@ -156,10 +164,9 @@ class JobService:
             raise NotFound(f"job {job_id} not found", code="job_not_found")
         return job
 
-    def list(
-        self, tenant: CurrentTenant, *, status: JobStatus | None, limit: int, offset: int
-    ) -> tuple[list[Job], int]:
-        return self.jobs.list(tenant.id, status=status, limit=limit, offset=offset)
+    def list(self, tenant: CurrentTenant, *, limit: int, after: str | None, **filters: Any) -> Page[Job]:
+        """One cursor page of the tenant's jobs (filters: see :meth:`JobRepository.list`)."""
+        return self.jobs.list(tenant.id, limit=limit, after=after, **filters)
 
     def report(self, tenant: CurrentTenant, job_id: uuid.UUID) -> tuple[Job, list[JobLayer]]:
         """The result and per-layer bits of a succeeded job; 409 before that."""

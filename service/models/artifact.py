@@ -27,7 +27,8 @@ class Artifact(Base):
     """An uploaded file of a tenant. The bytes live in the blob store under their SHA-256."""
 
     __tablename__ = "artifacts"
-    __table_args__ = (UniqueConstraint("tenant_id", "sha256"),)
+    #: The same bytes may be uploaded once per kind: an artifact's kind belongs to the artifact, not to the blob.
+    __table_args__ = (UniqueConstraint("tenant_id", "sha256", "kind"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)

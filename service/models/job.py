@@ -81,6 +81,8 @@ class Job(Base):
     #: ``PipelineResult.to_dict()`` of a succeeded job.
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
+    #: Problems that did not fail the job (e.g. experiment tracking unreachable): ``[{"code", "message"}]``.
+    warnings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, default=None)
     #: The downloadable bundle (zip of model.safetensors, quant_config.json, report.json).
     bundle_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     bundle_size: Mapped[int | None] = mapped_column(BigInteger, default=None)

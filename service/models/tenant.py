@@ -37,5 +37,7 @@ class APIKey(Base):
     name: Mapped[str] = mapped_column(String(100), default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    #: The key stops working at this time (None: never).
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
 
     tenant: Mapped[Tenant] = relationship(back_populates="api_keys")

@@ -124,9 +124,24 @@ def _register_task(app: Celery) -> None:
 def run_celery_worker(
     settings: Settings | None = None, *, concurrency: int = 1, loglevel: str = "info"
 ) -> int:
-    """Run a worker in this process (``mpq worker``): one job at a time per process (``--pool solo``)."""
+    """Run a worker in this process (``mpq worker``): one job at a time per process (``--pool solo``).
+
+    A GPU worker (``MPQ_DEVICE=cuda``, or ``auto`` with a visible GPU) runs exactly one job at a time on the one
+    GPU it sees: start one worker per GPU with ``CUDA_VISIBLE_DEVICES=<index>``. Returns 2 for ``concurrency > 1``
+    on a GPU worker.
+    """
     global _state
     settings = settings or get_settings()
+    if concurrency > 1:
+        from service.job.config import workers_have_cuda
+
+        if workers_have_cuda(settings):
+            logging.getLogger("mpq.worker").error(
+                "a GPU worker runs one job at a time: start one `mpq worker` per GPU with "
+                "CUDA_VISIBLE_DEVICES=<index> instead of --concurrency %d",
+                concurrency,
+            )
+            return 2
     app = make_celery(settings)
     _register_task(app)
     _state = _WorkerState(settings, app)

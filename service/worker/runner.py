@@ -4,14 +4,21 @@ Used by the embedded worker process and by Celery tasks alike. It takes a job id
 reloads the job, and copes with a job that is gone, already claimed, or cancelled. A heartbeat thread keeps the
 lease alive and notices cancellation requests; when the worker is asked to shut down, the job goes back to
 ``queued`` with its finished stages kept, so the next worker resumes from the last finished stage.
+
+Tenants never see a traceback or a server path: a failure is recorded as a code, a message (paths replaced by
+artifact ids, see :class:`~service.kit.redact.Redactor`) and the job id as correlation id; the traceback goes to
+the server log. CUDA out-of-memory fails the job with ``out_of_memory`` and what to reduce, and after every job
+the worker frees memory (``gc.collect`` and ``torch.cuda.empty_cache``) so it can take the next one.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -25,6 +32,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.artifact.repository import ArtifactRepository
 from service.artifact.storage import BlobStore
+from service.events.logs import JobLogCapture
+from service.events.progress import ProgressTracker
+from service.events.recorder import record_progress, record_stage, record_status
 from service.job.config import build_pipeline_config
 from service.job.pipeline import input_error_to_dict, pipeline_module
 from service.job.repository import JobRepository
@@ -32,8 +42,10 @@ from service.job.schemas import JobCreate
 from service.kit.db import session_scope, utcnow
 from service.kit.errors import MPQError
 from service.kit.jsonable import jsonable
+from service.kit.redact import Redactor
 from service.models import JobLayer, JobStatus
 from service.settings import Settings
+from service.tracking import track_job
 from service.worker.store import DBStageStore, LeaseLost
 
 __all__ = ["execute_job", "make_worker_id", "write_bundle"]
@@ -126,8 +138,11 @@ class _Run:
     lease_lost: threading.Event = field(default_factory=threading.Event)
     stop_heartbeat: threading.Event = field(default_factory=threading.Event)
     current_stage: str | None = None
+    tracker: ProgressTracker | None = None
     last_write: float = 0.0
     thread: threading.Thread | None = None
+    redactor: Redactor = field(default_factory=Redactor)
+    spec: JobCreate | None = None
 
     # -- heartbeat ---------------------------------------------------------------------------------------------
     def _beat(self) -> None:
@@ -173,9 +188,11 @@ class _Run:
         changed = stage != self.current_stage
         if not changed and now - self.last_write < PROGRESS_WRITE_INTERVAL:
             return
-        fraction = min(max(float(fraction), 0.0), 1.0)
         with session_scope(self.session_factory) as session:
             repository = JobRepository(session)
+            if self.tracker is None:  # monotone across resumes: start from the stored progress
+                self.tracker = ProgressTracker(start=float(repository.progress_of(self.job_id)))
+            fraction, eta = self.tracker.update(fraction)
             if not repository.touch(
                 self.job_id, self.lease_id, stage=stage[:32], progress=fraction, message=str(message)[:2000]
             ):
@@ -184,6 +201,15 @@ class _Run:
                 raise LeaseLost(f"job {self.job_id}: lease lost")
             if changed:
                 repository.start_stage(self.job_id, stage, utcnow())
+                record_stage(session, self.job_id, stage[:32], "started")
+            record_progress(
+                session,
+                self.job_id,
+                stage=stage[:32],
+                progress=fraction,
+                eta_seconds=eta,
+                message=str(message)[:500],
+            )
             session.commit()
         self.current_stage = stage
         self.last_write = now
@@ -204,6 +230,7 @@ class _Run:
                 repository.replace_layers(self.job_id, layers or [])
             else:
                 repository.reset_running_stages(self.job_id)
+            record_status(session, self.job_id, status, message[:2000], error=values.get("error"))
             session.commit()
         return True
 
@@ -256,6 +283,12 @@ def execute_job(
     output_dir = job_dir / "output"
     output_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(job_id, lease_id, session_factory, settings, shutdown or threading.Event())
+    run.redactor = _job_redactor(store, settings, job_dir, shas)
+    run.spec = spec
+    log_capture = JobLogCapture(
+        job_id, session_factory, settings.job_log_max_lines, redact=getattr(run.redactor, "text", None)
+    )
+    log_capture.start()
     logger.info("job %s: started by %s", job_id, worker_id)
     run.start_heartbeat()
     pipeline: Any = None
@@ -270,7 +303,10 @@ def execute_job(
                 )
             return path
 
-        config = build_pipeline_config(spec, artifact_path=artifact_path, data_root=settings.data_root)
+        config = build_pipeline_config(
+            spec, artifact_path=artifact_path, data_root=settings.data_root, worker_device=settings.device
+        )
+        _check_worker_device(config.device)
         pipeline = pipeline_module()
         result = pipeline.run_pipeline(
             config,
@@ -279,7 +315,8 @@ def execute_job(
             output_dir=output_dir,
             should_cancel=run.should_cancel,
         )
-        result_dict = jsonable(result.to_dict())
+        result_dict = run.redactor.value(jsonable(result.to_dict()))
+        result_dict.pop("artifact_dir", None)
         sha256, size = write_bundle(output_dir, job_dir / "bundle.zip")
         if run.finish(
             JobStatus.SUCCEEDED,
@@ -293,6 +330,7 @@ def execute_job(
             layers=_layers(job_id, result_dict),
         ):
             logger.info("job %s: succeeded", job_id)
+            track_job(session_factory, settings, job_id, output_dir, job_dir / "bundle.zip")
             return JobStatus.SUCCEEDED
         logger.warning("job %s: finished but the lease was lost; result discarded", job_id)
         return None
@@ -303,6 +341,66 @@ def execute_job(
         return _handle_failure(run, pipeline, exc)
     finally:
         run.stop()
+        log_capture.stop()
+        free_memory()
+
+
+def free_memory() -> None:
+    """Give memory back between jobs: Python garbage and, when CUDA was used, PyTorch's cached GPU blocks."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _job_redactor(
+    store: BlobStore, settings: Settings, job_dir: Path, shas: dict[uuid.UUID, str]
+) -> Redactor:
+    replacements: dict[str | Path, str] = {
+        store.blob_path(sha): f"artifact {artifact_id}" for artifact_id, sha in shas.items()
+    }
+    replacements[job_dir / "output"] = "<bundle>"
+    replacements[job_dir] = "<job>"
+    return Redactor(
+        replacements, roots=[(settings.artifact_dir, "<artifacts>"), (settings.data_root, "<data>")]
+    )
+
+
+def _check_worker_device(device: str) -> None:
+    """Fail fast (``device_unavailable``) when a job asks for CUDA on a worker that has none."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MPQError(
+            f"device {device!r} was requested but this worker has no usable GPU; ask for 'cpu' or 'auto'",
+            code="device_unavailable",
+        )
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError | MemoryError) and (
+        "out of memory" in str(exc).lower() or isinstance(exc, MemoryError)
+    )
+
+
+def _out_of_memory_error(run: _Run) -> dict[str, Any]:
+    spec = run.spec
+    batch = spec.data.batch_size if spec is not None else None
+    images = spec.data.num_calibration if spec is not None else None
+    return {
+        "code": "out_of_memory",
+        "message": (
+            f"the job ran out of memory on the worker's device; reduce data.batch_size (now {batch}), "
+            f"data.num_calibration (now {images}) or the model's image size, then submit again"
+        ),
+        "details": {"job_id": str(run.job_id), "batch_size": batch, "num_calibration": images},
+    }
 
 
 def _handle_failure(run: _Run, pipeline: Any, exc: Exception) -> JobStatus | None:
@@ -323,13 +421,22 @@ def _handle_failure(run: _Run, pipeline: Any, exc: Exception) -> JobStatus | Non
         error = input_error_to_dict(exc)
     elif isinstance(exc, MPQError):
         error = {"code": exc.code, "message": exc.message, "details": exc.details}
+    elif _is_out_of_memory(exc):
+        logger.error("job %s: out of memory\n%s", run.job_id, traceback.format_exc())
+        error = _out_of_memory_error(run)
     else:
         logger.error("job %s: failed\n%s", run.job_id, traceback.format_exc())
         error = {
             "code": "internal_error",
-            "message": f"{type(exc).__name__}: {exc}"[:2000],
-            "details": {"traceback": traceback.format_exc()[-4000:]},
+            "message": (
+                f"the job failed with an unexpected {type(exc).__name__}; the server log has the details "
+                f"under job id {run.job_id}"
+            ),
+            "details": {},
         }
-    run.finish(JobStatus.FAILED, message=error["message"], error=jsonable(error))
+    error["details"] = {**(error.get("details") or {}), "job_id": str(run.job_id)}
+    error = run.redactor.value(jsonable(error))
+    if run.finish(JobStatus.FAILED, message=error["message"], error=error):
+        track_job(run.session_factory, run.settings, run.job_id, Path(run.settings.artifact_dir) / "none")
     logger.info("job %s: failed (%s)", run.job_id, error["code"])
     return JobStatus.FAILED

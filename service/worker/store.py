@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.events.recorder import record_stage
 from service.job.repository import JobRepository
 from service.kit.db import session_scope, utcnow
 from service.kit.jsonable import jsonable
@@ -53,12 +54,16 @@ class DBStageStore:
                 raise LeaseLost(f"job {self.job_id}: lease lost while saving stage {stage!r}")
             now = utcnow()
             stage_row = repository.stage(self.job_id, stage)
+            skipped = payload.get("skipped") is True
             repository.set_stage(
                 self.job_id,
                 stage,
-                status=StageStatus.SKIPPED if payload.get("skipped") is True else StageStatus.FINISHED,
+                status=StageStatus.SKIPPED if skipped else StageStatus.FINISHED,
                 started_at=None if stage_row is None or stage_row.started_at else now,
                 finished_at=now,
                 output=payload,
             )
+            started = stage_row.started_at if stage_row is not None else None
+            seconds = (now - started).total_seconds() if started is not None else None
+            record_stage(session, self.job_id, stage, "skipped" if skipped else "finished", seconds=seconds)
             session.commit()

@@ -284,3 +284,83 @@ def test_data_load_errors(tmp_path, call, fragments):
 
 def test_data_load_error_is_value_error():
     assert issubclass(DataLoadError, ValueError)
+
+
+# ---- describe_source: the cheap checks run at submit (no image decoded, no tensor read) -------------------------
+def test_describe_builtin_digits_sizes():
+    from quant.data import describe_source
+
+    for split, size in SPLIT_SIZES.items():
+        info = describe_source("builtin:digits", split=split, model_name="builtin:vit-digits")
+        assert (info.count, info.image_shape, info.labelled) == (size, (3, 32, 32), True)
+    timm_info = describe_source("builtin:digits", model_name="vit_tiny_patch16_224", arch_kwargs={"img_size": 48})
+    assert timm_info.image_shape == (3, 48, 48)
+
+
+def test_describe_file_reads_only_the_header(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from quant.data import describe_source
+
+    path = tmp_path / "set.safetensors"
+    save_imageset(path, ImageSet(torch.zeros(7, 3, 12, 10), torch.zeros(7, dtype=torch.int64)))
+
+    def no_load(*_args, **_kwargs):
+        raise AssertionError("describe_source must not load tensors")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", no_load)
+    info = describe_source(str(path))
+    assert (info.count, info.image_shape, info.labelled) == (7, (3, 12, 10), True)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "fragment"),
+    [
+        ({"images": torch.zeros(2, 3, 4, 4), "extra": torch.zeros(1)}, "unexpected tensors ['extra']"),
+        ({"labels": torch.zeros(2, dtype=torch.int64)}, "no 'images' tensor"),
+        ({"images": torch.zeros(2, 3, 4, 4, dtype=torch.int32)}, "must be floating point"),
+        ({"images": torch.zeros(2, 1, 4, 4)}, "[N, 3, H, W]"),
+        ({"images": torch.zeros(2, 3, 4, 4), "labels": torch.zeros(3, dtype=torch.int64)}, "with N = 2"),
+    ],
+    ids=["extra", "no-images", "int-images", "one-channel", "label-count"],
+)
+def test_describe_file_errors_name_no_directory(tmp_path, tensors, fragment):
+    from quant.data import describe_source
+
+    path = _save(tmp_path, **tensors)
+    with pytest.raises(DataLoadError) as info:
+        describe_source(path)
+    assert fragment in str(info.value)
+    assert str(tmp_path) not in str(info.value)
+
+
+def test_describe_folder_lists_without_decoding(tmp_path, monkeypatch):
+    import PIL.Image
+
+    from quant.data import describe_source
+
+    root = _make_folder(tmp_path / "imgs")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    monkeypatch.setattr(PIL.Image, "open", lambda *_a, **_k: (_ for _ in ()).throw(AssertionError("decoded")))
+    info = describe_source(f"folder:{root}")
+    assert (info.count, info.image_shape, info.labelled) == (6, None, True)
+    with pytest.raises(DataLoadError, match="no images in class sub-folders"):
+        describe_source(f"folder:{tmp_path / 'imgs' / 'cat'}")
+    with pytest.raises(DataLoadError, match="'missing' not found"):
+        describe_source(f"folder:{tmp_path / 'missing'}")
+
+
+def test_folder_load_decodes_only_max_images(tmp_path, monkeypatch):
+    from torchvision.datasets import ImageFolder
+
+    root = _make_folder(tmp_path / "imgs")
+    decoded = []
+    original = ImageFolder.__getitem__
+
+    def counting(self, index):
+        decoded.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(ImageFolder, "__getitem__", counting)
+    data = load_dataset(f"folder:{root}", model_name="builtin:vit-digits", max_images=2)
+    assert len(data) == 2 and len(decoded) == 2

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from quant.report_html import render_report_html, write_report_html
+from tests.components import missing_component
 
 CHROMIUM = Path("/usr/bin/chromium")
 WBITS, ABITS = (2, 3, 4, 5, 6, 8), (3, 4, 5, 6, 8)
@@ -227,7 +228,7 @@ class _Chromium:
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory):
     if not CHROMIUM.exists():
-        pytest.skip("headless Chromium not installed: /usr/bin/chromium is missing (apt-get install -y chromium)")
+        missing_component("headless Chromium not installed: /usr/bin/chromium is missing (apt-get install -y chromium)")
     browser = _Chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield browser
     browser.close()

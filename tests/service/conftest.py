@@ -23,6 +23,8 @@ from service.kit.db import make_engine, make_session_factory
 from service.models import Artifact, Job, JobStage, Tenant
 from service.settings import Settings
 
+from tests.components import missing_component
+
 PG_SERVER = os.environ.get("MPQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -39,7 +41,7 @@ def pg_server() -> str:
             connection.execute(text("SELECT 1"))
         engine.dispose()
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL not reachable at {PG_SERVER}: {exc}")
+        missing_component(f"PostgreSQL not reachable at {PG_SERVER}: {exc}")
     return PG_SERVER
 
 

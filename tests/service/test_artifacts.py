@@ -26,8 +26,8 @@ def test_upload_images_records_kind_tensors_and_sha(client, tenant, settings) ->
     assert body["size"] == len(payload)
     assert body["filename"] == "calib.safetensors"
     assert body["tensors"] == {
-        "images": {"dtype": "F32", "shape": [6, 3, 32, 32]},
-        "labels": {"dtype": "I64", "shape": [6]},
+        "images": {"dtype": "F32", "shape": [6, 3, 32, 32], "nonfinite": False},
+        "labels": {"dtype": "I64", "shape": [6], "nonfinite": False},
     }
     blob = Path(settings.artifact_dir) / "blobs" / body["sha256"][:2] / f"{body['sha256']}.safetensors"
     assert blob.read_bytes() == payload

@@ -62,7 +62,7 @@ def test_tenants_see_only_their_own_artifacts_and_jobs(client, make_tenant) -> N
     response = client.get(f"/v1/artifacts/{artifact['id']}", headers=bob.headers)
     assert response.status_code == 404
     assert error_of(response)["code"] == "artifact_not_found"
-    assert client.get("/v1/artifacts", headers=bob.headers).json()["count"] == 0
+    assert client.get("/v1/artifacts", headers=bob.headers).json()["data"] == []
     # Bob cannot use Alice's artifact in a job either: it does not exist for him.
     spec = {"model": {"name": "builtin:vit-digits"}, "data": {"artifact_id": artifact["id"]}}
     response = client.post("/v1/jobs", headers=bob.headers, json=spec)

@@ -270,16 +270,16 @@ def test_list_paginates_and_filters(client, make_tenant) -> None:
     created = [_insert_job(client, owner.name, JobStatus.QUEUED) for _ in range(5)]
     failed = _insert_job(client, owner.name, JobStatus.FAILED)
     page = client.get("/v1/jobs", headers=owner.headers, params={"limit": 2}).json()
-    assert page["count"] == 6 and len(page["data"]) == 2 and page["limit"] == 2
+    assert set(page) == {"data", "has_more", "next_cursor"}
+    assert len(page["data"]) == 2 and page["has_more"] is True and page["next_cursor"]
     assert page["data"][0]["id"] == str(failed)  # newest first
-    seen = []
-    for offset in range(0, 6, 2):
-        seen += [
-            j["id"]
-            for j in client.get(
-                "/v1/jobs", headers=owner.headers, params={"limit": 2, "offset": offset}
-            ).json()["data"]
-        ]
+    seen, after = [], None
+    for _ in range(3):
+        params = {"limit": 2, **({"after": after} if after else {})}
+        page = client.get("/v1/jobs", headers=owner.headers, params=params).json()
+        seen += [j["id"] for j in page["data"]]
+        after = page["next_cursor"]
+    assert page["has_more"] is False and after is None
     assert sorted(seen) == sorted(str(i) for i in [*created, failed])
     only_failed = client.get("/v1/jobs", headers=owner.headers, params={"status": "failed"}).json()
     assert [j["id"] for j in only_failed["data"]] == [str(failed)]
@@ -287,7 +287,7 @@ def test_list_paginates_and_filters(client, make_tenant) -> None:
         ({"status": "exploded"}, "status"),
         ({"limit": 0}, "limit"),
         ({"limit": 101}, "limit"),
-        ({"offset": -1}, "offset"),
+        ({"after": "not-a-cursor"}, "after"),
     ]:
         response = client.get("/v1/jobs", headers=owner.headers, params=params)
         assert response.status_code == 422

@@ -13,7 +13,19 @@ from service import migrations
 from service.kit.db import make_engine
 from service.models import Base
 
-EXPECTED_TABLES = {"tenants", "api_keys", "artifacts", "jobs", "job_stages", "job_layers", "alembic_version"}
+EXPECTED_TABLES = {
+    "tenants",
+    "api_keys",
+    "artifacts",
+    "jobs",
+    "job_stages",
+    "job_layers",
+    "job_events",
+    "idempotency_keys",
+    "webhook_endpoints",
+    "webhook_deliveries",
+    "alembic_version",
+}
 
 
 def _check_roundtrip(url: str) -> None:

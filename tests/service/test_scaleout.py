@@ -26,6 +26,7 @@ from service.auth.service import create_key
 from service.settings import Settings
 
 from .conftest import drop_pg_schema, make_pg_schema_url
+from tests.components import missing_component
 from .helpers import TINY_VIT, TINY_VIT_IMAGE, TINY_VIT_KWARGS, images_bytes, tiny_vit_weights, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -125,7 +126,7 @@ def cluster(
 ) -> Iterator[dict[str, Any]]:
     broker = BROKERS[request.param]
     if not _broker_reachable(broker):
-        pytest.skip(f"{request.param} not reachable at {broker}")
+        missing_component(f"{request.param} not reachable at {broker}")
     database_url, schema = make_pg_schema_url(request.getfixturevalue("pg_server"))
     root = tmp_path_factory.mktemp(f"scaleout-{request.param}")
     queue = f"mpq-test-{uuid.uuid4().hex[:10]}"

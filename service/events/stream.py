@@ -1,0 +1,57 @@
+"""Read a job's events for the SSE stream and the logs route (short sessions, one query per poll)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.kit.db import session_scope
+from service.models import Job, JobEvent
+
+__all__ = ["EventBatch", "fetch_events", "fetch_logs"]
+
+#: Events read per poll.
+BATCH = 200
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Events after a given id, and the job's status and message at the time of the read."""
+
+    events: list[tuple[int, str, dict[str, Any], str]]  # (id, kind, data, created_at iso)
+    status: str | None
+    message: str
+    progress: float
+
+
+def fetch_events(session_factory: sessionmaker[Session], job_id: uuid.UUID, after: int) -> EventBatch:
+    """Non-log events of ``job_id`` with id > ``after``, oldest first (at most :data:`BATCH`)."""
+    with session_scope(session_factory) as session:
+        rows = session.execute(
+            select(JobEvent.id, JobEvent.kind, JobEvent.data, JobEvent.created_at)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after, JobEvent.kind != "log")
+            .order_by(JobEvent.id)
+            .limit(BATCH)
+        ).all()
+        head = session.execute(select(Job.status, Job.message, Job.progress).where(Job.id == job_id)).first()
+    events = [(int(row[0]), str(row[1]), dict(row[2] or {}), row[3].isoformat()) for row in rows]
+    if head is None:
+        return EventBatch(events, None, "", 0.0)
+    return EventBatch(events, str(head[0].value), head[1], float(head[2]))
+
+
+def fetch_logs(
+    session: Session, job_id: uuid.UUID, *, after: int, limit: int
+) -> list[tuple[int, dict[str, Any]]]:
+    """``(id, line)`` of the job's stored log lines with id > ``after``, oldest first."""
+    rows = session.execute(
+        select(JobEvent.id, JobEvent.data)
+        .where(JobEvent.job_id == job_id, JobEvent.kind == "log", JobEvent.id > after)
+        .order_by(JobEvent.id)
+        .limit(limit)
+    ).all()
+    return [(int(row[0]), dict(row[1] or {})) for row in rows]

@@ -1,0 +1,1 @@
+"""Signed webhooks per the Standard Webhooks spec: endpoints, a transactional outbox and a delivery loop."""

@@ -1,0 +1,213 @@
+"""GET /v1/jobs/{id}/events (SSE over real HTTP, read with httpx until the terminal event; resume with
+Last-Event-ID), GET /v1/jobs/{id}/logs, monotone progress with ETA, and ``mpq submit --wait`` /
+``mpq status --follow``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from service.auth.service import create_key
+from service.cli import main
+from service.client import MPQClient
+from service.events.logs import JobLogCapture
+from service.events.progress import ProgressTracker
+from service.models import Job, JobStatus, Tenant
+from service.settings import Settings
+
+from .live import LiveServer, drive_job
+
+SPEC = {"model": {"name": "builtin:vit-digits"}, "method": {"quantizer": "minmax", "wbits": 8, "abits": 8}}
+
+
+@pytest.fixture(scope="module")
+def settings(backend_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        database_url=backend_url,
+        artifact_dir=tmp_path_factory.mktemp("artifacts"),
+        embedded_worker=False,
+        webhook_worker=False,
+        job_log_max_lines=3,
+    )
+
+
+@pytest.fixture(scope="module")
+def live(settings: Settings) -> Iterator[LiveServer]:
+    with LiveServer(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def key(live: LiveServer) -> str:
+    with live.app.state.session_factory() as session:
+        return create_key(session, f"events-{uuid.uuid4().hex[:8]}").key
+
+
+def _sse(url: str, key: str, job_id: str, last_event_id: str | None = None) -> list[tuple[str, str, dict]]:
+    """Read the raw stream with httpx until the server closes it: ``(id, event, data)``."""
+    import json
+
+    headers = {
+        "Authorization": f"Bearer {key}",
+        **({"Last-Event-ID": last_event_id} if last_event_id else {}),
+    }
+    events, current = [], {}
+    with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/events", headers=headers, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line:
+                if "data" in current:
+                    events.append(
+                        (current.get("id", ""), current.get("event", ""), json.loads(current["data"]))
+                    )
+                current = {}
+            elif not line.startswith(":"):
+                field, _, value = line.partition(": ")
+                current[field] = value
+    return events
+
+
+def test_stream_follows_a_job_to_its_terminal_event_and_resumes(live, key, tmp_path) -> None:
+    with MPQClient(live.url, key) as client:
+        job = client.submit(SPEC)
+    received: list[tuple[str, str, dict]] = []
+    reader = threading.Thread(target=lambda: received.extend(_sse(live.url, key, job.id)))
+    reader.start()
+    driver = threading.Thread(target=drive_job, args=(live.app, uuid.UUID(job.id), tmp_path / "work"))
+    driver.start()
+    driver.join(timeout=60)
+    reader.join(timeout=60)
+    assert not reader.is_alive(), "the stream did not close at the terminal state"
+    kinds = [(event, data.get("status") or data.get("stage")) for _, event, data in received]
+    assert kinds[0] == ("status", "queued") and kinds[1] == ("status", "running")
+    assert kinds[-1] == ("status", "succeeded")
+    assert ("stage", "load") in kinds and ("stage", "sensitivity") in kinds
+    ids = [int(event_id) for event_id, _, _ in received]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    progress = [data for _, event, data in received if event == "progress"]
+    assert [p["progress"] for p in progress] == [0.02, 0.1, 0.1, 0.3]  # the 0.08 report did not go back
+    # ETA from the measured rate: 0.1 done in ~10 s -> 0.9 left takes ~90 s
+    assert 80 <= progress[1]["eta_seconds"] <= 120, progress[1]
+    assert 20 <= progress[3]["eta_seconds"] <= 40, progress[3]  # 0.3 in ~10 s -> ~23 s left
+    finished = [data for _, event, data in received if event == "stage" and data["state"] == "finished"]
+    assert [data["stage"] for data in finished] == ["load"]
+    # resume after the third event: exactly the rest, ending at the terminal event
+    resumed = _sse(live.url, key, job.id, last_event_id=str(ids[2]))
+    assert resumed == received[3:]
+    # resuming after the terminal event still ends with the final status
+    tail = _sse(live.url, key, job.id, last_event_id=str(ids[-1]))
+    assert [(event, data["status"]) for _, event, data in tail] == [("status", "succeeded")]
+
+
+def test_status_and_message_agree_from_the_claim_on(live, key) -> None:
+    from service.job.repository import JobRepository
+
+    with MPQClient(live.url, key) as client:
+        job = client.submit(SPEC)
+        assert (job.status, job.message) == ("queued", "queued")
+        with live.app.state.session_factory() as session:
+            assert JobRepository(session).claim(uuid.UUID(job.id), worker_id="w", lease_id="l")
+            session.commit()
+        job = client.get_job(job.id)
+        assert (job.status, job.message) == ("running", "running")
+
+
+def test_stream_of_unknown_or_foreign_job_is_404(live, key) -> None:
+    response = httpx.get(
+        f"{live.url}/v1/jobs/{uuid.uuid4()}/events", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
+
+
+def test_logs_are_stored_bounded_and_redacted(live, key) -> None:
+    with MPQClient(live.url, key) as client:
+        job = client.submit(SPEC)
+    capture = JobLogCapture(
+        uuid.UUID(job.id),
+        live.app.state.session_factory,
+        max_lines=3,
+        redact=lambda text: text.replace("/srv/secret", "<artifact>"),
+    )
+    capture.start()
+    log = logging.getLogger("quant.test_events")
+    try:
+        log.info("reading /srv/secret/weights.safetensors")
+        log.warning("low agreement %.2f", 0.5)
+        logging.getLogger("unrelated").warning("not captured")
+        log.info("third line")
+        log.info("fourth line is dropped")
+        threading.Thread(target=lambda: log.info("another thread: not this job")).start()
+    finally:
+        capture.stop()
+    with MPQClient(live.url, key) as client:
+        lines = client.logs(job.id)
+    assert [(line.level, line.message) for line in lines] == [
+        ("INFO", "reading <artifact>/weights.safetensors"),
+        ("WARNING", "low agreement 0.50"),
+        ("INFO", "third line"),
+        ("WARNING", "(log truncated)"),
+    ]
+    assert all(line.logger.startswith("quant") for line in lines)
+
+
+def test_progress_tracker_is_monotone_with_measured_eta() -> None:
+    tracker = ProgressTracker(start=0.2, clock=100.0)
+    assert tracker.update(0.1, now=100.5) == (0.2, None)  # resumed at 0.2: never below it
+    assert tracker.update(0.3, now=101.0) == (0.3, None)  # < 2 s elapsed: no ETA yet
+    value, eta = tracker.update(0.4, now=110.0)  # 0.2 gained in 10 s -> 0.6 left takes 30 s
+    assert value == 0.4 and eta == pytest.approx(30.0)
+    assert tracker.update(0.35, now=111.0)[0] == 0.4
+    assert tracker.update(1.0, now=120.0) == (1.0, 0.0)
+
+
+def _drive_when_queued(live: LiveServer, tenant_key: str, workdir: Path) -> threading.Thread:
+    def run() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with live.app.state.session_factory() as session:
+                job_id = session.scalar(
+                    select(Job.id)
+                    .join(Tenant, Tenant.id == Job.tenant_id)
+                    .where(Job.status == JobStatus.QUEUED, Tenant.name.startswith("cli-"))
+                )
+            if job_id is not None:
+                drive_job(live.app, job_id, workdir)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_cli_submit_wait_and_status_follow_show_progress(live, tmp_path, capsys, monkeypatch) -> None:
+    with live.app.state.session_factory() as session:
+        cli_key = create_key(session, f"cli-{uuid.uuid4().hex[:8]}").key
+    spec = tmp_path / "job.json"
+    import json
+
+    spec.write_text(json.dumps(SPEC))
+    driver = _drive_when_queued(live, cli_key, tmp_path / "work")
+    code = main(["submit", str(spec), "--wait", "--url", live.url, "--key", cli_key])
+    driver.join(timeout=60)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    job_id = out.splitlines()[0].strip()
+    assert "succeeded" in out.splitlines()[-1] and "100.0%" in out.splitlines()[-1]
+    bars = [line for line in err.splitlines() if line.startswith("[")]
+    assert bars, err
+    percents = [float(line.split("]")[1].split("%")[0]) for line in bars]
+    assert percents == sorted(percents) and percents[-1] == 100.0
+    assert any("ETA" in line and "ETA --" not in line for line in bars), bars  # an ETA was shown
+    assert main(["status", job_id, "--follow", "--url", live.url, "--key", cli_key]) == 0
+    out, err = capsys.readouterr()
+    assert "succeeded" in out and "100.0%" in err

@@ -1,0 +1,52 @@
+"""A real HTTP receiver on 127.0.0.1 for webhook tests: records every request, answers scripted statuses."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
+
+__all__ = ["Receiver"]
+
+
+class Receiver:
+    """``statuses`` are answered in order (the last one repeats); ``received`` holds ``(headers, body)``."""
+
+    def __init__(self, statuses: list[int] | None = None, port: int = 0) -> None:
+        self.statuses = list(statuses or [200])
+        self.received: list[tuple[dict[str, str], str]] = []
+        self.got = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0"))).decode()
+                with receiver.got:
+                    status = receiver.statuses[min(len(receiver.received), len(receiver.statuses) - 1)]
+                    receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    receiver.got.notify_all()
+                self.send_response(status)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *_args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` requests arrived (True) or ``timeout`` seconds passed (False)."""
+        with self.got:
+            return self.got.wait_for(lambda: len(self.received) >= count, timeout=timeout)
