@@ -1,6 +1,7 @@
 """Benchmark of solver/ on ViT/Swin-shaped bit-allocation problems (2-core CI-sized machine).
 
-Run: ``.venv/bin/python bench/solver.py`` (about 1-2 minutes; ``--quick`` for a smoke run).
+Run: ``.venv/bin/python bench/solver.py`` (several minutes on a loaded 2-core machine; ``--quick``: 2 seeds, no
+textbook CBC, no 1000-layer optimality rows, about 2-3 minutes).
 
 Instances: every quantizable layer of timm ViT-S/16, ViT-B/16, ViT-L/16 (224 px) and Swin-B (window 7), plus a
 1000-layer stress case (ViT-B blocks repeated). Linear layers get 6 weight bits {2,3,4,5,6,8} x 5 activation
@@ -15,7 +16,12 @@ log-normal per-layer scale and a roughly 4x drop per extra bit (2 bits worse sti
 that the problem no longer separates into a weight part and an activation part (the harder, general case).
 
 The comparison column is the textbook model: one binary per (layer, candidate) built in PuLP and solved by CBC
-with a time limit, on the same instances.
+with a time limit, on the same instances. Every "optimal" the solver reports is checked against an independent
+HiGHS solve of the same textbook model (highspy, unscaled, zero gap, its own time limit): the ``HiGHS check``
+column counts matches, mismatches and instances HiGHS could not prove within its limit.
+
+The time-limit table runs 1000- and 5000-layer instances with short limits and prints the overrun (wall time
+minus the limit) against the allowance ``0.2 s + 20 %`` of the limit.
 """
 
 from __future__ import annotations
@@ -107,7 +113,8 @@ def swin_b(img: int = 224, classes: int = 1000) -> list[tuple]:
 
 
 def stress(n: int = 1000) -> list[tuple]:
-    layers = vit(768, 170, 12)
+    """``n`` layers: ViT-B blocks repeated, then the head."""
+    layers = vit(768, n // 6 + 1, 12)
     return layers[: n - 1] + [layers[-1]]
 
 
@@ -197,6 +204,50 @@ def textbook_cbc(problem: Problem, time_limit: float) -> tuple[float, str, float
     return elapsed, status, pulp.value(prob.objective)
 
 
+def independent_highs(problem: Problem, time_limit: float) -> tuple[str, float | None]:
+    """The textbook one-hot model solved by a fresh HiGHS instance (no scaling, zero gap): (status, objective)."""
+    import highspy
+    import numpy as np
+
+    layers = list(problem.layers)
+    names = list(problem.budgets)
+    n_groups, m = len(layers), len(names)
+    cost, start, index, value = [], [0], [], []
+    for li, layer in enumerate(layers):
+        for c in layer.candidates:
+            cost.append(c.sensitivity)
+            index.append(li)
+            value.append(1.0)
+            for k, name in enumerate(names):
+                index.append(n_groups + k)
+                value.append(c.costs.get(name, 0.0))
+            start.append(len(index))
+    n = len(cost)
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = n, n_groups + m
+    lp.col_cost_ = np.asarray(cost)
+    lp.col_lower_, lp.col_upper_ = np.zeros(n), np.ones(n)
+    lp.row_lower_ = np.concatenate([np.ones(n_groups), np.full(m, -highspy.kHighsInf)])
+    lp.row_upper_ = np.concatenate([np.ones(n_groups), np.asarray([problem.budgets[k] for k in names])])
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = np.asarray(start, dtype=np.int32)
+    lp.a_matrix_.index_ = np.asarray(index, dtype=np.int32)
+    lp.a_matrix_.value_ = np.asarray(value)
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * n
+    h = highspy.Highs()
+    h.silent()
+    h.setOptionValue("threads", 1)
+    h.setOptionValue("time_limit", float(time_limit))
+    h.setOptionValue("mip_rel_gap", 0.0)
+    h.setOptionValue("mip_abs_gap", 0.0)
+    h.passModel(lp)
+    h.run()
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kOptimal:
+        return "optimal", h.getInfo().objective_function_value
+    return h.modelStatusToString(status), None
+
+
 def _path(result) -> str:
     stats = result.stats
     if stats.get("split"):
@@ -212,13 +263,25 @@ def _path(result) -> str:
     return "fixing"
 
 
+def _check(check: dict) -> str:
+    text = f"{check['match']} match"
+    if check["differ"]:
+        text += f", {check['differ']} DIFFER"
+    if check["unverified"]:
+        text += f", {check['unverified']} unverified"
+    return text
+
+
 def _fmt_s(values: list[float]) -> str:
     return f"{statistics.median(values):6.3f} / {max(values):6.3f}"
 
 
-def bench_shape(name: str, family: str, seeds: int, cbc_limit: float | None, time_limit: float) -> dict:
+def bench_shape(
+    name: str, family: str, seeds: int, cbc_limit: float | None, time_limit: float, check_limit: float
+) -> dict:
     shape = SHAPES[name]()
     times, cpus, gaps, statuses, paths, cbc_times, cbc_status, mismatch = [], [], [], [], [], [], [], 0
+    check = {"match": 0, "differ": 0, "unverified": 0}
     cands = pruned = 0
     for seed in range(seeds):
         problem = make_problem(shape, seed, interacting=family == "interacting")
@@ -230,6 +293,15 @@ def bench_shape(name: str, family: str, seeds: int, cbc_limit: float | None, tim
         statuses.append(result.status)
         paths.append(_path(result))
         cands, pruned = result.stats["candidates"], result.stats["candidates_after_pruning"]
+        if result.optimal:
+            h_status, h_obj = independent_highs(problem, check_limit)
+            if h_status != "optimal":
+                check["unverified"] += 1
+            elif abs(h_obj - result.objective) <= 1e-6 * abs(h_obj):
+                check["match"] += 1
+            else:
+                check["differ"] += 1
+                print(f"# {name} {family} seed {seed}: solver {result.objective!r} != HiGHS {h_obj!r}")
         if cbc_limit is not None:
             t, status, obj = textbook_cbc(problem, cbc_limit)
             cbc_times.append(t)
@@ -250,6 +322,7 @@ def bench_shape(name: str, family: str, seeds: int, cbc_limit: float | None, tim
         "cbc_times": cbc_times,
         "cbc_status": cbc_status,
         "mismatch": mismatch,
+        "check": check,
     }
 
 
@@ -272,31 +345,74 @@ def bench_sweep(points: int = 32) -> tuple[float, float, int, bool, int]:
     )
 
 
+TIME_LIMIT_CASES = ((1000, 0.2), (1000, 1.0), (5000, 1.0), (5000, 10.0))
+
+
+def bench_time_limits(cases=TIME_LIMIT_CASES) -> list[dict]:
+    """Wall time of ``solve`` against short limits on large instances (interacting family, seed 0)."""
+    from solver.api import prepare
+
+    rows = []
+    problems: dict[int, Problem] = {}
+    for n, limit in cases:
+        if n not in problems:
+            problems[n] = make_problem(stress(n), 0, interacting=True)
+        problem = problems[n]
+        start = time.perf_counter()
+        prepare(problem)  # validation + compilation + pruning + split test, no limit: what a limit must cover
+        prep_s = time.perf_counter() - start
+        start = time.perf_counter()
+        result = solve(problem, time_limit=limit)
+        wall = time.perf_counter() - start
+        rows.append(
+            {
+                "layers": n,
+                "limit": limit,
+                "wall": wall,
+                "overrun": wall - limit,
+                "allowed": 0.2 + 0.2 * limit,
+                "status": result.status,
+                "gap": result.gap,
+                "objective": result.objective,
+                "prepare": prep_s,
+                "message": result.message,
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="instances per shape and family (default 5)")
     parser.add_argument(
         "--cbc-limit", type=float, default=3.0, help="time limit of the textbook CBC runs (s)"
     )
-    parser.add_argument("--quick", action="store_true", help="2 seeds, no CBC, no stress case")
+    parser.add_argument(
+        "--check-limit", type=float, default=60.0, help="time limit of the independent HiGHS checks (s)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 seeds, no textbook CBC, no 1000-layer optimality rows"
+    )
     args = parser.parse_args(argv)
     seeds = 2 if args.quick else args.seeds
     cbc_limit = None if args.quick else args.cbc_limit
+    check_limit = args.check_limit
 
     load = os.getloadavg()[0]
     solve(make_problem(SHAPES["ViT-S"](), 99), time_limit=30.0)  # warm-up: imports highspy once
     rows = []
     for name in ("ViT-S", "ViT-B", "ViT-L", "Swin-B"):
         for family in ("additive", "interacting"):
-            rows.append(bench_shape(name, family, seeds, cbc_limit if family == "additive" else None, 10.0))
+            cbc = cbc_limit if family == "additive" else None
+            rows.append(bench_shape(name, family, seeds, cbc, 10.0, check_limit))
     if not args.quick:
         for family in ("additive", "interacting"):
-            rows.append(bench_shape("stress-1000", family, min(seeds, 3), None, 10.0))
+            rows.append(bench_shape("stress-1000", family, min(seeds, 3), None, 10.0, check_limit))
 
     head = (
         f"| {'shape':<11} | {'family':<11} | layers | candidates -> pruned | {'paths':<22} | "
         "wall s median / max | cpu s median / max | status   | max gap | target         | "
-        "textbook CBC s median / max | CBC status |"
+        "textbook CBC s median / max | CBC status | HiGHS check |"
     )
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
@@ -322,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"| {r['shape']:<11} | {r['family']:<11} | {r['layers']:>6} | {r['cands']:>10} -> {r['pruned']:<6} | "
             f"{paths:<22} | {_fmt_s(r['times']):>19} | {_fmt_s(r['cpus']):>18} | {status:<8} | "
-            f"{max(r['gaps']):7.1e} | {target:<14} | {cbc:>27} | {cbc_status:<10} |"
+            f"{max(r['gaps']):7.1e} | {target:<14} | {cbc:>27} | {cbc_status:<10} | {_check(r['check']):<11} |"
         )
     elapsed, cpu, n_opt, monotone, n_inf = bench_sweep()
     ok = elapsed < 2.0 and monotone and n_opt + n_inf == 32
@@ -331,6 +447,26 @@ def main(argv: list[str] | None = None) -> None:
         f"{elapsed:.3f} s wall ({cpu:.3f} s cpu) in total, {n_opt}/32 optimal, {n_inf} infeasible, "
         f"objective monotone: {monotone}; target <2 s {'met' if ok else 'NOT met'}"
     )
+    total = {k: sum(r["check"][k] for r in rows) for k in ("match", "differ", "unverified")}
+    print(
+        f"Independent HiGHS check of every 'optimal' (textbook model, limit {check_limit} s): {total['match']} "
+        f"match, {total['differ']} differ, {total['unverified']} not proven by HiGHS within its limit"
+    )
+    print()
+    tl_head = (
+        "| layers | limit s | wall s | overrun s | allowed 0.2 s + 20 % | met | status   | gap     | "
+        "validate+prepare s (no limit) |"
+    )
+    print(tl_head)
+    print("|" + "|".join("-" * len(c) for c in tl_head.split("|")[1:-1]) + "|")
+    for t in bench_time_limits():
+        met = "yes" if t["overrun"] <= t["allowed"] else "NO"
+        gap = "-" if t["gap"] is None else f"{t['gap']:.1e}"
+        print(
+            f"| {t['layers']:>6} | {t['limit']:>7.1f} | {t['wall']:>6.2f} | {t['overrun']:>9.2f} | "
+            f"{t['allowed']:>20.2f} | {met:<3} | {t['status']:<8} | {gap:<7} | {t['prepare']:>29.2f} |"
+        )
+    print()
     print(
         "paths: split = weight/activation parts solved apart; dp = single-budget dynamic program; lagdp = closed "
         "by the Lagrangian DP; fixing = closed by reduced-cost fixing; bnb = small branch and bound; mip = reduced "

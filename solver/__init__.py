@@ -12,8 +12,9 @@ tie groups and fixed layers compiled into groups -> dominated candidates dropped
 alone are reported -> separable problems (additive sensitivity, one-sided budgets) split into a weight part and
 an activation part -> one binding budget: exact dynamic program -> several: LP relaxation, Lagrangian bounds,
 reduced-cost and Lagrangian-DP fixing, then a small branch and bound or HiGHS (``highspy``; CBC via PuLP when
-HiGHS is missing) on what is left. "optimal" is only reported when proven. numpy (a highspy dependency) is used
-by the dynamic programs; without it they are skipped.
+HiGHS is missing or fails a call) on what is left. "optimal" is only reported when proven; ``time_limit``
+bounds the whole call (every phase looks at the clock and a greedy answer is always at hand). numpy (a
+highspy dependency) is used by the dynamic programs; without it they are skipped.
 """
 
 from .api import solve

@@ -76,7 +76,8 @@ def _single(layer: Layer, names: tuple[str, ...]) -> Group:
         cands = [c for c in cands if (c.wbits, c.abits) == fixed]
     pairs = tuple((int(c.wbits), int(c.abits)) for c in cands)
     sens = tuple(float(c.sensitivity) for c in cands)
-    costs = tuple(tuple([float(c.costs.get(k, 0.0)) for k in names]) for c in cands)
+    zeros = (0.0,) * len(names)
+    costs = tuple(tuple(map(float, map(c.costs.get, names, zeros))) for c in cands)
     return Group((layer.name,), pairs, sens, costs)
 
 

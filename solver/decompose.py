@@ -11,6 +11,7 @@ otherwise solves the whole problem.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,13 +57,16 @@ def _grid(g: Group) -> tuple[list[int], list[int], list[list[int]]] | None:
     return ws, as_, [[index[(w, a)] for a in as_] for w in ws]
 
 
-def split_separable(comp: Compiled) -> Split | None:
-    """The split of ``comp`` (unpruned groups), or None when it is not separable or a part would be trivial."""
+def split_separable(comp: Compiled, deadline: float | None = None) -> Split | None:
+    """The split of ``comp`` (unpruned groups), or None when it is not separable, a part would be trivial, or
+    ``deadline`` (a ``time.perf_counter()`` value) passes before the check is done."""
     m = len(comp.limits)
     tables = []
     w_side = [True] * m
     a_side = [True] * m
-    for g in comp.groups:
+    for gi, g in enumerate(comp.groups):
+        if deadline is not None and gi % 64 == 0 and time.perf_counter() > deadline:
+            return None
         grid = _grid(g)
         if grid is None:
             return None

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .compile import Group
+from .hull import hull
 from .numerics import FEAS_RTOL
 
 __all__ = ["DPResult", "SuffixLP", "available", "pareto_fronts", "solve_one_budget"]
@@ -44,68 +45,56 @@ class DPResult:
     max_states: int = 0
 
 
-def _hull(costs: Sequence[float], sens: Sequence[float]) -> tuple[int, list[tuple[float, float, int]]]:
-    """Lower-left convex hull of (cost, sensitivity) points: the cheapest point (least sensitive among equally
-    cheap ones) and the segments towards the least sensitive point, as (d cost, d sensitivity, option)."""
-    order = sorted(range(len(costs)), key=lambda i: (costs[i], sens[i], i))
-    pareto: list[int] = []
-    for i in order:
-        if not pareto or sens[i] < sens[pareto[-1]]:
-            pareto.append(i)
-    hull: list[int] = []
-    for i in pareto:
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            # drop b when it is not below the segment a -> i
-            if (sens[b] - sens[a]) * (costs[i] - costs[a]) >= (sens[i] - sens[a]) * (costs[b] - costs[a]):
-                hull.pop()
-            else:
-                break
-        hull.append(i)
-    segs = [
-        (costs[hull[j + 1]] - costs[hull[j]], sens[hull[j + 1]] - sens[hull[j]], hull[j + 1])
-        for j in range(len(hull) - 1)
-    ]
-    return hull[0], segs
-
-
 class SuffixLP:
-    """LP value of groups ``order[d:]`` as a function of capacity, for every depth d."""
+    """LP value of groups ``order[d:]`` as a function of capacity, for any depth d.
+
+    Memory is linear in the number of hull segments: the segments of all groups are sorted by slope once, and the
+    cumulative sums of the suffix from depth d are built when depth d is first asked for (each call with a
+    deeper d filters the previous suffix further, so a forward sweep over the depths costs O(n * segments) time
+    in numpy and O(segments) memory)."""
 
     def __init__(self, costs: list[list[float]], sens: list[list[float]]):
         n = len(costs)
         self.base_cost = [0.0] * (n + 1)
         self.base_sens = [0.0] * (n + 1)
-        self.cum_cost: list = [np.zeros(1)] * (n + 1)
-        self.cum_sens: list = [np.zeros(1)] * (n + 1)
         seg_group: list[int] = []
         seg_dc: list[float] = []
         seg_ds: list[float] = []
         for d in range(n - 1, -1, -1):
-            start, sg = _hull(costs[d], sens[d])
+            start, sg = hull(costs[d], sens[d])
             self.base_cost[d] = self.base_cost[d + 1] + costs[d][start]
             self.base_sens[d] = self.base_sens[d + 1] + sens[d][start]
             for dc, ds, _ in sg:
                 seg_group.append(d)
                 seg_dc.append(dc)
                 seg_ds.append(ds)
-        if not seg_group:
-            return
-        # sort all hull segments by slope once; the suffix from depth d uses those of groups >= d, in that order
-        group = np.asarray(seg_group)
-        dc = np.asarray(seg_dc)
-        ds = np.asarray(seg_ds)
-        o = np.argsort(ds / dc, kind="stable")
-        group, dc, ds = group[o], dc[o], ds[o]
-        for d in range(n - 1, -1, -1):
-            mask = group >= d
-            self.cum_cost[d] = np.concatenate(([0.0], np.cumsum(dc[mask])))
-            self.cum_sens[d] = np.concatenate(([0.0], np.cumsum(ds[mask])))
+        group = np.asarray(seg_group, dtype=np.int64)
+        dc = np.asarray(seg_dc, dtype=np.float64)
+        ds = np.asarray(seg_ds, dtype=np.float64)
+        o = np.argsort(ds / dc, kind="stable") if len(dc) else np.zeros(0, dtype=np.int64)
+        self._all = (group[o], dc[o], ds[o])
+        self._depth = 0
+        self._cur = self._all
+        self._cum = self._cumsums(self._all)
+
+    @staticmethod
+    def _cumsums(segs):
+        _, dc, ds = segs
+        return np.concatenate(([0.0], np.cumsum(dc))), np.concatenate(([0.0], np.cumsum(ds)))
+
+    def _at(self, d: int):
+        if d != self._depth:
+            src = self._cur if d > self._depth else self._all
+            keep = src[0] >= d
+            self._cur = (src[0][keep], src[1][keep], src[2][keep])
+            self._cum = self._cumsums(self._cur)
+            self._depth = d
+        return self._cum
 
     def value(self, d: int, capacity):
         """Lower bound on the sensitivity of groups d.. given ``capacity`` (array); -inf-safe: +inf if the
         capacity is below their cheapest total."""
-        cumc, cums = self.cum_cost[d], self.cum_sens[d]
+        cumc, cums = self._at(d)
         r = capacity - self.base_cost[d]
         r_pos = np.maximum(r, 0.0)
         i = np.searchsorted(cumc, r_pos, side="right") - 1
@@ -123,7 +112,7 @@ def _greedy(costs: list[list[float]], sens: list[list[float]], limit: float) -> 
     used = 0.0
     segs = []
     for g in range(n):
-        start, sg = _hull(costs[g], sens[g])
+        start, sg = hull(costs[g], sens[g])
         choice[g] = start
         used += costs[g][start]
         segs.extend((ds / dc, g, j, dc, o) for j, (dc, ds, o) in enumerate(sg))
@@ -151,11 +140,13 @@ def solve_one_budget(
     *,
     deadline: float | None = None,
     max_states: int = 1_000_000,
+    max_total_states: int = 20_000_000,
 ) -> DPResult:
     """Minimise the summed sensitivity of ``groups`` subject to ``sum cost[k] <= limit`` exactly.
 
     Budgets other than ``k`` are ignored (the caller checks them). Gives up (``"aborted"``) past ``deadline``
-    (a ``time.perf_counter()`` value) or when more than ``max_states`` states would be kept at one depth."""
+    (a ``time.perf_counter()`` value), when more than ``max_states`` states would be kept at one depth, or when
+    the back-pointers of all depths would hold more than ``max_total_states`` states (~16 bytes each)."""
     n = len(groups)
     spread = [max(c[k] for c in g.costs) - min(c[k] for c in g.costs) for g in groups]
     order = sorted(range(n), key=lambda g: (-spread[g], g))
@@ -165,6 +156,8 @@ def solve_one_budget(
     start = _greedy(costs, sens, limit)
     if start is None:
         return DPResult("infeasible")
+    if deadline is not None and time.perf_counter() > deadline:
+        return DPResult("aborted")
     ub = sum(sens[d][o] for d, o in enumerate(start))
     tol = 1e-9 * (abs(ub) + sum(max(abs(s) for s in ss) for ss in sens)) + 1e-300
     suffix = SuffixLP(costs, sens)
@@ -175,6 +168,7 @@ def solve_one_budget(
     sens_states = np.zeros(1)
     back: list[tuple] = []
     peak = 1
+    total = 0
     for d in range(n):
         co = np.asarray(costs[d])
         so = np.asarray(sens[d])
@@ -197,7 +191,12 @@ def solve_one_budget(
                 choice[order[dd]] = opt
             return DPResult("optimal", choice, ub, peak)
         peak = max(peak, len(s2))
-        if len(s2) > max_states or (deadline is not None and time.perf_counter() > deadline):
+        total += len(s2)
+        if (
+            len(s2) > max_states
+            or total > max_total_states
+            or (deadline is not None and time.perf_counter() > deadline)
+        ):
             return DPResult("aborted", max_states=peak)
         back.append((parent, option))
         cost_states, sens_states = c2, s2

@@ -52,16 +52,17 @@ class Prepared:
         return Prepared(self.raw.with_limits(limits), self.pruned.with_limits(limits), self.split, parts)
 
 
-def prepare_compiled(raw: Compiled, *, allow_split: bool = True) -> Prepared:
-    """Prune dominated options and look for a weight/activation split."""
-    split = split_separable(raw) if allow_split else None
+def prepare_compiled(raw: Compiled, *, allow_split: bool = True, deadline: float | None = None) -> Prepared:
+    """Prune dominated options and look for a weight/activation split. Both are only speed-ups: past
+    ``deadline`` (a ``time.perf_counter()`` value) they stop, leaving groups unpruned or the problem unsplit."""
+    split = split_separable(raw, deadline=deadline) if allow_split else None
     parts = None
     if split is not None:
         parts = (
-            prepare_compiled(split.weight, allow_split=False),
-            prepare_compiled(split.activation, allow_split=False),
+            prepare_compiled(split.weight, allow_split=False, deadline=deadline),
+            prepare_compiled(split.activation, allow_split=False, deadline=deadline),
         )
-    return Prepared(raw, prune_dominated(raw), split, parts)
+    return Prepared(raw, prune_dominated(raw, deadline), split, parts)
 
 
 def _infeasible_alone(comp: Compiled) -> Outcome | None:
@@ -125,16 +126,19 @@ def _solve_split(
     status = "optimal" if w_out.status == a_out.status == "optimal" else "feasible"
     bound = None
     if w_out.bound is not None and a_out.bound is not None:
+        # each part's bound holds without the coupling budgets, so their sum bounds the whole problem
         bound = w_out.bound + a_out.bound
     backends = sorted({w_out.backend, a_out.backend} - {"none"})
     stats = {f"weight_{k}": v for k, v in w_out.stats.items()}
     stats.update({f"activation_{k}": v for k, v in a_out.stats.items()})
     stats["split"] = 1
-    message = (
-        "optimal: weight and activation parts solved separately"
-        if status == "optimal"
-        else "; ".join(m for m in (w_out.message, a_out.message) if m)
-    )
+    if status == "optimal":
+        message = "optimal: weight and activation parts solved separately"
+    else:
+        message = (
+            "not proven optimal (weight and activation parts solved separately): "
+            f"weight part {w_out.status} ({w_out.message}); activation part {a_out.status} ({a_out.message})"
+        )
     return Outcome(status, choice, bound, "+".join(backends) or "none", message, stats=stats)
 
 

@@ -2,7 +2,9 @@
 
 - One budget only, or a single budget binding in the LP relaxation: the exact dynamic program of
   :mod:`solver.dp` (other budgets are checked afterwards; if one is broken, the path below runs).
-- Otherwise: LP relaxation (backend) -> multipliers ``lam`` -> Lagrangian bound ``L(lam)`` evaluated exactly here
+- Otherwise: a greedy assignment first (:func:`solver.heuristic.greedy_start`, O(S log S)), so that a stop at
+  any later point returns a real answer with a proven (trivial or Lagrangian) bound; then LP relaxation
+  (backend; skipped when less time is left than the greedy pass took) -> multipliers ``lam`` -> Lagrangian bound ``L(lam)`` evaluated exactly here
   -> incumbent (LP rounding, repair, 1-opt; or the caller's hint) -> reduced-cost fixing with ``UB - L(lam)``
   -> with several binding budgets, the Lagrangian dynamic program (:mod:`solver.lagdp`): better incumbents
   (plus a pair-move local search) and exact fixing that keeps one budget exact at a time
@@ -11,7 +13,9 @@
 Options are only removed when no assignment using them can beat the incumbent, so optimality is exact (up to
 the MIP backend's own optimality tolerances, set to zero gap). Every assignment a backend returns is checked
 against the budgets in exact arithmetic order; one that slipped by the backend's tolerance is re-solved with
-tightened limits (and then only called optimal if it matches the first run's bound).
+tightened limits (and then only called optimal if it matches the first run's bound). A MIP "optimal" that is
+worse than an assignment already known is not passed on: the better one is returned as ``feasible``.
+Every phase looks at the deadline; a stopped search returns ``feasible`` with a gap, never ``optimal``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from . import dp
 from .backends import Backend
 from .compile import Compiled, Group
-from .heuristic import cheapest_start, round_lp
+from .heuristic import greedy_start, round_lp
 from .lagdp import lagrangian_dp_stage
 from .lagrange import fix_by_reduced_cost, lagrangian
 from .numerics import feasible, objective, usage
@@ -64,11 +68,24 @@ def _expired(deadline: float | None) -> bool:
     return deadline is not None and time.perf_counter() >= deadline
 
 
-def _min_sens_choice(groups: Sequence[Group], limits: Sequence[float]) -> list[int]:
-    def key(g: Group, o: int) -> tuple[float, float, int]:
-        return (g.sens[o], sum(c / b for c, b in zip(g.costs[o], limits)), o)
+def _trivial_bound(groups: Sequence[Group]) -> float:
+    """Sum of each group's least sensitivity: a lower bound that needs no solver."""
+    return sum(min(g.sens) for g in groups)
 
-    return [min(range(len(g.sens)), key=lambda o, g=g: key(g, o)) for g in groups]
+
+def _min_sens_choice(groups: Sequence[Group], limits: Sequence[float]) -> list[int]:
+    """Each group's least sensitive option; ties broken by the limit-normalised cost, then the index."""
+
+    def key(g: Group, o: int) -> tuple[float, int]:
+        return (sum(c / b for c, b in zip(g.costs[o], limits)), o)
+
+    out = []
+    for g in groups:
+        sens = g.sens
+        low = min(sens)
+        ties = [o for o, s in enumerate(sens) if s == low]
+        out.append(ties[0] if len(ties) == 1 else min(ties, key=lambda o, g=g: key(g, o)))
+    return out
 
 
 def _single_budget(
@@ -136,37 +153,65 @@ def solve_general(
     if hint is not None and len(hint) == len(groups) and feasible(usage(groups, hint, m), limits):
         incumbent = [hint[gi] for gi in free]
         inc_value = objective(fgroups, incumbent)
+    # a fast greedy assignment first, so that a stop at any later point returns a real answer
+    t0 = time.perf_counter()
+    greedy = greedy_start(fgroups, rhs, deadline, weights=[1.0 / abs(b) for b in limits])
+    stats["greedy_time"] = time.perf_counter() - t0
+    if greedy is not None and objective(fgroups, greedy) < inc_value:
+        incumbent, inc_value = greedy, objective(fgroups, greedy)
+    trivial = _trivial_bound(fgroups)  # proven without any solver
 
-    backend = get_backend()
+    backend_box: list[Backend] = []
+
+    def backend_name() -> str:
+        return backend_box[0].name if backend_box else "none"
 
     def finish(status: str, choice_free: Sequence[int] | None, bound: float | None, message: str) -> Outcome:
         stats["general_time"] = time.perf_counter() - start
+        notes = getattr(backend_box[0], "notes", []) if backend_box else []
+        if notes:
+            message = "; ".join([message, *notes]) if message else "; ".join(notes)
+        if choice_free is not None and status == "feasible":
+            bound = trivial if bound is None else max(bound, trivial)
         return Outcome(
             status,
             None if choice_free is None else full(choice_free),
             None if bound is None else bound + const_sens,
-            backend.name,
+            backend_name(),
             message,
             stats=stats,
         )
 
+    def stopped(bound: float | None) -> Outcome:
+        if incumbent is None:
+            return finish(
+                "time_limit_no_solution", None, None, "time limit reached before any assignment was found"
+            )
+        return finish("feasible", incumbent, bound, "time limit reached: best assignment found so far")
+
+    left = _remaining(deadline)
+    if left is not None and left < stats["greedy_time"]:
+        # building the LP costs about as much as the greedy pass did: no time left to use one
+        return stopped(None)
+    backend = get_backend()
+    backend_box.append(backend)
+
     t0 = time.perf_counter()
     lp = backend.solve_lp(fgroups, rhs, limits, _remaining(deadline))
     stats["lp_time"] = time.perf_counter() - t0
-    if lp.status == "infeasible":
+    if lp.status == "infeasible" and incumbent is None:  # (with an assignment in hand, the LP is wrong)
         return finish("infeasible", None, None, "")
-    if lp.status != "optimal" and incumbent is None:
-        # LP stopped by the time limit (or failed): a quick greedy assignment, so a stop still returns one
-        start_choice = cheapest_start(fgroups, rhs, deadline)
-        if start_choice is not None:
-            incumbent, inc_value = start_choice, objective(fgroups, start_choice)
+    if _expired(deadline):
+        if lp.status == "optimal":
+            return stopped(lagrangian(fgroups, rhs, lp.lam)[0])
+        return stopped(None)
     lower = float("-inf")  # Lagrangian bound L(lam) of the LP multipliers (pairs with the reduced costs)
-    proven = lower  # best proven lower bound
+    proven = trivial  # best proven lower bound
     binding: list[int] = []
     rcs: list[list[float]] | None = None
     if lp.status == "optimal":
         lower, rcs = lagrangian(fgroups, rhs, lp.lam)
-        proven = lower
+        proven = max(proven, lower)
         stats["lp_bound"] = lower + const_sens
         binding = [k for k in range(m) if lp.lam[k] * limits[k] > 1e-12 * max(1.0, abs(lower))]
         if len(binding) == 1 and dp.available():
@@ -175,7 +220,7 @@ def solve_general(
                 stats["dp"] = 1
                 return finish("optimal", choice, objective(fgroups, choice), "optimal: dynamic program")
         t0 = time.perf_counter()
-        rounded = round_lp(fgroups, lp.x or [], rhs, lp.lam)
+        rounded = round_lp(fgroups, lp.x or [], rhs, lp.lam, deadline)
         stats["heuristic_time"] = time.perf_counter() - t0
         if rounded is not None:
             value = objective(fgroups, rounded)
@@ -240,11 +285,7 @@ def solve_general(
         incumbent = base
         mip_groups, mip_rhs, mip_offset, mip_incumbent = sub_groups, sub_rhs, fixed_sens, sub_inc
     if _expired(deadline):
-        if incumbent is None:
-            return finish(
-                "time_limit_no_solution", None, None, "time limit reached before any assignment was found"
-            )
-        return finish("feasible", incumbent, proven if rcs is not None else None, "time limit reached")
+        return stopped(proven)
 
     t0 = time.perf_counter()
     mip_rhs = list(mip_rhs)
@@ -252,6 +293,8 @@ def solve_general(
     first_bound: float | None = None  # bound of the untightened MIP: valid for the original problem
     choice_free: list[int] | None = None
     for attempt in range(_MIP_RETRIES + 1):
+        if attempt > 0 and _expired(deadline):
+            break
         mip = backend.solve_mip(
             mip_groups,
             mip_rhs,
@@ -284,10 +327,21 @@ def solve_general(
         choice_free = None
     stats["mip_called"] = 1
     stats["mip_time"] = time.perf_counter() - t0
-    if mip.status == "infeasible" and not retried:
+    if mip.status == "infeasible" and not retried and incumbent is None:
         return finish("infeasible", None, None, "")
     mip_bound = None if mip.bound is None or retried else mip.bound - const_sens
-    if choice_free is None or (incumbent is not None and inc_value < objective(fgroups, choice_free)):
+    # a MIP "optimal" answer worse than an assignment already known is wrong (tolerances): keep the better one,
+    # and neither the claim nor the backend's bound is used
+    contradicted = False
+    if choice_free is not None and incumbent is not None:
+        mip_value = objective(fgroups, choice_free)
+        if inc_value < mip_value - 1e-9 * max(abs(mip_value), abs(inc_value)):
+            contradicted = mip.status == "optimal"
+            choice_free = incumbent
+    if contradicted:
+        stats["mip_contradicted"] = 1
+        mip_bound = None
+    if choice_free is None:
         choice_free = incumbent
     if choice_free is None:
         if mip.status == "no_solution":
@@ -296,7 +350,7 @@ def solve_general(
             )
         return finish("time_limit_no_solution", None, None, f"no assignment found: {mip.message}")
     value = objective(fgroups, choice_free)
-    if mip.status == "optimal" and not retried:
+    if mip.status == "optimal" and not retried and not contradicted:
         return finish("optimal", choice_free, value, "optimal")
     if retried and first_bound is not None:
         # the first MIP's bound holds for a (tolerance-)relaxed problem, so it is a valid lower bound here
@@ -306,7 +360,7 @@ def solve_general(
                 "optimal", choice_free, value, "optimal (re-solved after a budget slipped by tolerance)"
             )
         proven = max(proven, lb)
-    bounds = [b for b in (proven if rcs is not None else None, mip_bound) if b is not None]
+    bounds = [b for b in (proven, mip_bound) if b is not None]
     if mip_bound is not None and sub_idx is not None:
         # the reduced problem's bound holds only inside it; outside, nothing beats the incumbent used for fixing
         bounds = [proven, min(mip_bound, inc_value)]
@@ -314,4 +368,9 @@ def solve_general(
     reason = mip.message or ("stopped at the requested mip_gap" if mip_gap > 0 else "stopped")
     if retried:
         reason = "the MIP backend's assignment broke a budget within its tolerance; re-solved with tightened limits"
+    if contradicted:
+        reason = (
+            "the MIP backend reported a worse assignment as optimal (numerical tolerances); the better assignment "
+            "found here is returned, not proven optimal"
+        )
     return finish("feasible", choice_free, bound, reason)

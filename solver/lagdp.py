@@ -139,7 +139,7 @@ def lagrangian_dp_stage(
     ) -> tuple[list[int], float]:
         sub = [g.subset(kk) for g, kk in zip(fgroups, keep)]
         local = [kk.index(o) for kk, o in zip(keep, incumbent)]
-        two_swap(sub, local, rhs)
+        two_swap(sub, local, rhs, deadline=deadline)
         full = [kk[o] for kk, o in zip(keep, local)]
         value = objective(fgroups, full)
         return (full, value) if value < inc_value else (incumbent, inc_value)

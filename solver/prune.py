@@ -8,6 +8,8 @@ exact for the integer problem.
 
 from __future__ import annotations
 
+import time
+
 from .compile import Compiled, Group
 
 __all__ = ["prune_dominated", "prune_group"]
@@ -47,6 +49,13 @@ def prune_group(group: Group) -> Group:
     return group.subset(keep)
 
 
-def prune_dominated(compiled: Compiled) -> Compiled:
-    """Apply :func:`prune_group` to every group."""
-    return compiled.with_groups(tuple(prune_group(g) for g in compiled.groups))
+def prune_dominated(compiled: Compiled, deadline: float | None = None) -> Compiled:
+    """Apply :func:`prune_group` to every group; groups reached after ``deadline`` (a ``time.perf_counter()``
+    value) are left as they are (pruning is only a speed-up)."""
+    groups = []
+    for i, g in enumerate(compiled.groups):
+        if deadline is not None and i % 64 == 0 and time.perf_counter() > deadline:
+            groups.extend(compiled.groups[i:])
+            break
+        groups.append(prune_group(g))
+    return compiled.with_groups(tuple(groups))

@@ -110,9 +110,30 @@ def _check_layer(index: int, layer: Any, budget_names: Sequence[str]) -> set[tup
     if len(cands) == 0:
         raise SolverInputError(f"layer {name!r}: has no candidates")
     pairs: set[tuple[int, int]] = set()
+    inf = math.inf
     for i, cand in enumerate(cands):
-        _check_candidate(name, i, cand)
-        pair = (int(cand.wbits), int(cand.abits))
+        # fast path for plain ints, floats and a dict of str -> float; anything else gets the exact message
+        if type(cand) is Candidate:
+            w, a, s, costs = cand.wbits, cand.abits, cand.sensitivity, cand.costs
+            plain = (
+                type(w) is int
+                and type(a) is int
+                and w > 0
+                and a > 0
+                and type(s) is float
+                and -inf < s < inf
+                and type(costs) is dict
+            )
+            if plain:
+                for key, cost in costs.items():
+                    if type(key) is not str or type(cost) is not float or not 0.0 <= cost < inf:
+                        plain = False
+                        break
+            if not plain:
+                _check_candidate(name, i, cand)
+            pair = (w, a) if plain else (int(w), int(a))
+        else:
+            _check_candidate(name, i, cand)
         if pair in pairs:
             raise SolverInputError(f"layer {name!r}: duplicate candidate {pair}")
         pairs.add(pair)

@@ -21,7 +21,7 @@ __all__ = ["Backend", "LPOutcome", "MIPOutcome"]
 class LPOutcome:
     """LP relaxation result.
 
-    status: ``"optimal"``, ``"infeasible"`` or ``"error"``. lam: per-budget multipliers (objective units per
+    status: ``"optimal"``, ``"infeasible"``, ``"stopped"`` (time limit) or ``"error"``. lam: per-budget multipliers (objective units per
     cost unit, >= 0) read from the duals. x: per group, per option values in [0, 1].
     """
 

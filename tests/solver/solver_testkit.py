@@ -146,3 +146,15 @@ def large_problem(seed: int, n_layers: int = 150) -> Problem:
         hi = sum(max(c.costs[b] for c in layer.candidates) for layer in layers)
         limits[b] = lo + frac * (hi - lo)
     return Problem(layers, limits)
+
+
+def spread_sensitivities(problem: Problem, seed: int, decades: float = 8.0) -> Problem:
+    """The same problem with each layer's sensitivities multiplied by ``10 ** uniform(-decades, decades)``
+    (issue 13: sensitivities spread over ~18 decades)."""
+    rng = random.Random(seed)
+    layers = []
+    for layer in problem.layers:
+        f = 10.0 ** rng.uniform(-decades, decades)
+        cands = [Candidate(c.wbits, c.abits, c.sensitivity * f, c.costs) for c in layer.candidates]
+        layers.append(Layer(layer.name, cands, fixed=layer.fixed, tie=layer.tie))
+    return Problem(layers, problem.budgets)

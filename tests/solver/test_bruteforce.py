@@ -47,7 +47,7 @@ def test_mip_path_matches_brute_force(kwargs, seed, monkeypatch):
     """Without the split, the DP and the small search, the reduced problem goes to the MIP backend."""
     monkeypatch.setattr(general, "_SEARCH_MAX_GROUPS", -1)
     monkeypatch.setattr(general.dp, "available", lambda: False)
-    monkeypatch.setattr(engine, "split_separable", lambda comp: None)
+    monkeypatch.setattr(engine, "split_separable", lambda comp, **kw: None)
     problem = random_problem(seed + 100, **kwargs)
     _assert_matches(problem, solve(problem))
 
@@ -56,7 +56,7 @@ def test_mip_path_matches_brute_force(kwargs, seed, monkeypatch):
 def test_cbc_backend_matches_brute_force(seed, monkeypatch):
     monkeypatch.setattr(general, "_SEARCH_MAX_GROUPS", -1)
     monkeypatch.setattr(general.dp, "available", lambda: False)
-    monkeypatch.setattr(engine, "split_separable", lambda comp: None)
+    monkeypatch.setattr(engine, "split_separable", lambda comp, **kw: None)
     problem = random_problem(seed + 200, tightness=0.35)
     _assert_matches(problem, solve(problem, backend="cbc"))
 
@@ -74,7 +74,7 @@ def test_auto_falls_back_to_cbc_without_highspy(monkeypatch):
     monkeypatch.setattr(backends, "highs_available", lambda: False)
     monkeypatch.setattr(general, "_SEARCH_MAX_GROUPS", -1)
     monkeypatch.setattr(general.dp, "available", lambda: False)
-    monkeypatch.setattr(engine, "split_separable", lambda comp: None)
+    monkeypatch.setattr(engine, "split_separable", lambda comp, **kw: None)
     problem = random_problem(400, tightness=0.35)
     result = solve(problem)
     assert result.backend == "cbc"

@@ -77,7 +77,7 @@ def test_mip_assignment_breaking_a_budget_is_resolved(monkeypatch):
     monkeypatch.setattr(general, "_SEARCH_MAX_GROUPS", -1)
     monkeypatch.setattr(general, "_LAGDP_MAX_GROUPS", -1)
     monkeypatch.setattr(general.dp, "available", lambda: False)
-    monkeypatch.setattr(engine, "split_separable", lambda comp: None)
+    monkeypatch.setattr(engine, "split_separable", lambda comp, **kw: None)
     sloppy = _SloppyBackend()
     monkeypatch.setattr("solver.api.get_backend", lambda name: sloppy)
     problem = random_problem(5, n_layers=6, tightness=0.3)
