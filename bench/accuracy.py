@@ -7,8 +7,13 @@ Sections (``--section``, default all):
   type-aware vs raw Fisher, with and without the iterative update; plus the rank correlation between predicted
   Omega and the measured KL of quantizing one layer at a time.
 - ``reconstruct``: FIMA-Q (fisher_dplr) vs MSE reconstruction vs none, at W4A4 and W3A3.
+- ``calib``: range calibration ``range_search="minmax"`` (fast) vs ``"output"`` (output-aware search), recipes
+  minmax/repq/dopq at W4A4 and W3A3: top-1, KL, test cross-entropy, calibration wall and CPU seconds, and the
+  KL change with its noise (``--seeds``: the output search is repeated on other calibration subsets; the
+  test-set noise is the paired bootstrap standard error of the KL difference over the 500 test images).
 
-Usage: ``.venv/bin/python bench/accuracy.py [--models vit-digits,swin-digits] [--section ptq] [--markdown]``.
+Usage: ``.venv/bin/python bench/accuracy.py [--models vit-digits,swin-digits] [--section ptq] [--markdown]``
+(``--section calib --bits 4,3 --methods minmax,repq,dopq --seeds 1``).
 Test split: 500 images; calibration: the built-in 256-image calibration split.
 """
 
@@ -183,10 +188,76 @@ def section_reconstruct(model: str, markdown: bool, iters: int) -> None:
     _print(f"{model}: reconstruction ({iters} iterations per block)", HEADER, rows, markdown)
 
 
+def _kl_rows(float_logits: torch.Tensor, quant_logits: torch.Tensor) -> torch.Tensor:
+    """Per-image KL(float || quantized) [N] in nats."""
+    import torch.nn.functional as F
+
+    return F.kl_div(F.log_softmax(quant_logits, 1), F.log_softmax(float_logits, 1), log_target=True,
+                    reduction="none").sum(1)
+
+
+def _calibrated(model: str, method: str, wbits: int, abits: int, search: str, subset: int, images, test,
+                float_logits) -> dict:
+    import torch.nn.functional as F
+
+    from quant.evaluate import compare_logits, predict_logits
+    from quant.ptq import quantize_ptq
+
+    n = len(images)
+    calib = images if subset == 0 else torch.roll(images, shifts=subset * n // 4, dims=0)[: n // 2 * 2]
+    torch.manual_seed(subset)
+    wall, cpu = time.perf_counter(), time.process_time()
+    qmodel, _ = quantize_ptq(_FLOAT[model], calib, method=method, wbits=wbits, abits=abits, range_search=search)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    logits = predict_logits(qmodel, test.images)
+    cmp = compare_logits(float_logits, logits, test.labels)
+    return {"top1": cmp["top1"], "kl": cmp["kl"], "ce": F.cross_entropy(logits, test.labels).item(),
+            "wall": wall, "cpu": cpu, "kl_rows": _kl_rows(float_logits, logits)}
+
+
+_FLOAT: dict = {}
+
+
+def section_calib(model: str, markdown: bool, bits: list[int], methods: list[str], seeds: int) -> None:
+    from quant.data import load_dataset
+    from quant.evaluate import predict_logits
+    from quant.models import build_model
+
+    _FLOAT[model] = build_model(f"builtin:{model}")
+    calib = load_dataset("builtin:digits", split="calib", model_name=f"builtin:{model}")
+    test = load_dataset("builtin:digits", split="test", model_name=f"builtin:{model}")
+    float_logits = predict_logits(_FLOAT[model], test.images)
+    generator = torch.Generator().manual_seed(0)
+    boot = torch.randint(0, len(test), (200, len(test)), generator=generator)
+    rows = []
+    for b in bits:
+        for method in methods:
+            old = _calibrated(model, method, b, b, "minmax", 0, calib.images, test, float_logits)
+            new = _calibrated(model, method, b, b, "output", 0, calib.images, test, float_logits)
+            diff = new["kl_rows"] - old["kl_rows"]
+            test_se = float(diff[boot].mean(1).std())
+            others = [_calibrated(model, method, b, b, "output", s, calib.images, test, float_logits)["kl"]
+                      for s in range(1, seeds + 1)]
+            spread = f"{min([new['kl'], *others]):.4f}-{max([new['kl'], *others]):.4f}" if others else "-"
+            for label, r in (("minmax", old), ("output", new)):
+                rows.append([f"W{b}A{b} {method}", label, f"{r['top1']:.2f}", f"{r['kl']:.4f}", f"{r['ce']:.4f}",
+                             f"{r['wall']:.1f}", f"{r['cpu']:.1f}",
+                             "" if label == "minmax" else f"{100 * (new['kl'] / old['kl'] - 1):+.0f} % "
+                             f"(se {test_se:.4f}; KL over subsets {spread})"])
+            print(f"  done W{b}A{b} {method}", flush=True)
+    _print(f"{model}: range calibration, fast (minmax) vs output-aware search (float top-1 "
+           f"{100 * float((float_logits.argmax(1) == test.labels).float().mean()):.2f} %)",
+           ["bits recipe", "range_search", "top-1 %", "KL", "test CE", "calib s", "calib CPU s", "KL change"],
+           rows, markdown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vit-digits,swin-digits")
-    parser.add_argument("--section", choices=("ptq", "mixed", "reconstruct", "all"), default="all")
+    parser.add_argument("--section", choices=("ptq", "mixed", "reconstruct", "calib", "all"), default="all")
+    parser.add_argument("--bits", default="4,3", help="calib section: uniform bit-widths (WnAn)")
+    parser.add_argument("--methods", default="minmax,repq,dopq", help="calib section: recipes")
+    parser.add_argument("--seeds", type=int, default=0, help="calib section: extra calibration subsets")
     parser.add_argument("--iters", type=int, default=300, help="reconstruction iterations per block")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
@@ -198,6 +269,9 @@ def main() -> None:
             section_mixed(model, args.markdown)
         if args.section in ("reconstruct", "all"):
             section_reconstruct(model, args.markdown, args.iters)
+        if args.section in ("calib", "all"):
+            section_calib(model, args.markdown, [int(b) for b in args.bits.split(",")], args.methods.split(","),
+                          args.seeds)
 
 
 if __name__ == "__main__":

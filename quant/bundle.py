@@ -10,7 +10,8 @@
 and, under their ``state_dict`` names, every other tensor of the wrapped model at its own dtype: biases, float
 weights of layers kept at 16 bits, (reparameterized) LayerNorm weights and biases, position embeddings, class
 token, Swin relative position bias tables, and the activation quantizer parameters (uniform ``scale`` and
-``zero_point``, log2 ``scale``, TanQ ``a``). The parameters of weight quantizers that are off are not stored.
+``zero_point``, log2 ``scale``, TanQ ``a``; grouped uniform scales, per token position or per head, are stored
+flattened and their ``shape`` is in the layer's config entry). The parameters of weight quantizers that are off are not stored.
 
 ``quant_config.json`` holds ``format``/``format_version``, the architecture (``model.name`` + ``arch_kwargs`` as
 given to :func:`quant.models.build_model`, and the resolved timm ``arch`` + ``timm_kwargs`` that loading rebuilds from,
@@ -319,7 +320,15 @@ def _configure_layer(model: nn.Module, name: str, layer: QuantLayer, entry: dict
         quantizer.bits = int(act.get("bits", FLOAT_BITS))
         quantizer.enabled = bool(act.get("enabled", True))
         if isinstance(quantizer, UniformQuantizer):
-            quantizer.granularity = act.get("granularity", "tensor")
+            granularity, shape = act.get("granularity", "tensor"), act.get("shape")
+            if granularity in ("position", "head"):  # grouped scales: shape stored in the entry
+                if not (isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape)):
+                    raise BundleError(f"{CONFIG_FILE}: layer {name!r} {granularity} activation quantizer needs a "
+                                      f"'shape' list of positive ints, got {shape!r}")
+                ones = torch.ones(shape, device=quantizer.scale.device)
+                quantizer.set_params(ones, ones * 0, granularity)
+            else:
+                quantizer.granularity = granularity
         quantizer.calibrated = True
         if act.get("offset") != offset:
             raise BundleError(f"{CONFIG_FILE}: layer {name!r} activation parameters start at {act.get('offset')!r},"
@@ -371,7 +380,7 @@ def load_quantized(path: str | Path, device: str = "cpu") -> nn.Module:
             raise BundleError(f"{CONFIG_FILE} has no entry for quantization layer {name!r}")
         if layer.has_weight and getattr(layer, "bias", None) is None and f"{name}.bias" in tensors:
             # reparameterization folded a LayerNorm shift into a layer built without bias (Swin's reduction)
-            layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype))
+            layer.bias = nn.Parameter(layer.weight.new_zeros(layer.weight.shape[0]))
         offset = _configure_layer(model, name, layer, config["layers"][name], tensors, act_params, offset)
     if offset != act_params.numel():
         raise BundleError(f"tensor {_ACTIVATIONS!r} has {act_params.numel()} values, the layers use {offset}")

@@ -31,11 +31,12 @@ def calibrate_(
     """
     quantizers = activation_quantizers(model)
     for quantizer in quantizers:
-        quantizer.sample = torch.empty(0)
+        quantizer.sample = torch.empty(0, device=quantizer.observed_min.device)
+        quantizer._fitted = {}
         quantizer.observed_min.fill_(float("inf"))
         quantizer.observed_max.fill_(float("-inf"))
         if hasattr(quantizer, "product_maps"):
-            quantizer.product_maps = torch.empty(0)
+            quantizer.product_maps = torch.empty(0, device=quantizer.observed_min.device)
         quantizer.observing = True
     try:
         for index, images in enumerate(batches):
@@ -49,4 +50,5 @@ def calibrate_(
         quantizer.finalize()
     for layer in quant_layers(model).values():
         if layer.has_weight:
+            layer.weight_quantizer.forget()
             layer.weight_quantizer.calibrate(layer.weight)

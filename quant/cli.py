@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["add_quantize_parser", "main", "parse_budget", "run_quantize"]
+__all__ = ["add_quantize_parser", "main", "parse_budget", "process_seconds", "run_quantize"]
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -60,7 +60,8 @@ def add_quantize_parser(subparsers) -> None:
     p.add_argument("--weights", default=None, help="safetensors state_dict (required for timm names)")
     p.add_argument("--data", default="builtin:digits", help="builtin:digits or a safetensors file of images")
     p.add_argument("--eval-data", default=None, help="safetensors file with evaluation images and labels")
-    p.add_argument("--num-calib", type=int, default=256, help="calibration images to use")
+    p.add_argument("--num-calib", type=int, default=None, help="calibration images to use (preset: 256 quick, "
+                   "1024 paper)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--method", choices=("minmax", "repq", "dopq"), default="dopq", help="PTQ quantizer recipe")
     p.add_argument("--wbits", type=int, default=4, help="uniform weight bits (without --budget)")
@@ -72,17 +73,28 @@ def add_quantize_parser(subparsers) -> None:
     p.add_argument("--candidate-abits", type=_int_list, default=(3, 4, 5, 6, 8))
     p.add_argument("--fix", action="append", type=_parse_fixed, default=[], help="LAYER=WBITS,ABITS; repeatable")
     p.add_argument("--no-type-aware", action="store_true", help="disable the per-type sensitivity scaling")
-    p.add_argument("--iterative-rounds", type=int, default=0, help="LampQ iterative update rounds")
-    p.add_argument("--reconstruct", default="none", choices=sorted(_RECONSTRUCT_ALIASES),
-                   help="block reconstruction loss (fimaq = fisher_dplr)")
-    p.add_argument("--iters", type=int, default=500, help="reconstruction iterations per block")
-    p.add_argument("--rank", type=int, default=5, help="rank k of the FIMA-Q low-rank term")
+    p.add_argument("--iterative-rounds", type=int, default=None, help="LampQ iterative update rounds (preset)")
+    p.add_argument("--reconstruct", default=None, choices=sorted(_RECONSTRUCT_ALIASES),
+                   help="block reconstruction loss (fimaq = fisher_dplr; preset: none quick, fisher_dplr paper)")
+    p.add_argument("--iters", type=int, default=None, help="reconstruction iterations per block (preset: 500 "
+                   "quick, 20000 paper)")
+    p.add_argument("--rank", type=int, default=None, help="rank k of the FIMA-Q low-rank term (preset: 5)")
+    p.add_argument("--preset", choices=("auto", "quick", "paper"), default="auto",
+                   help="settings sized for the hardware: quick (CPU demo), paper (published settings); auto = "
+                        "paper on CUDA, quick otherwise. Explicit options override the preset")
+    p.add_argument("--range-search", choices=("auto", "minmax", "output"), default="auto",
+                   help="range calibration: output-aware search, fast minmax/MSE, or auto (output except minmax)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--output", default=None, help="folder to write the quantized bundle to")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (QDQ) into --output")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_quantize)
+
+
+def _given(**values) -> dict:
+    """The options given on the command line (not None): only these override the preset."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _build_config(args):
@@ -94,17 +106,18 @@ def _build_config(args):
         raise SystemExit(f"mpq quantize: --arch-kwargs is not valid JSON: {exc}") from exc
     return PipelineConfig(
         model=ModelSpec(name=args.model, arch_kwargs=arch_kwargs, weights_path=args.weights),
-        data=DataSpec(source=args.data, eval_source=args.eval_data, num_calibration=args.num_calib,
-                      batch_size=args.batch_size),
+        data=DataSpec(source=args.data, eval_source=args.eval_data, batch_size=args.batch_size,
+                      **_given(num_calibration=args.num_calib)),
         method=MethodSpec(
             quantizer=args.method, wbits=args.wbits, abits=args.abits,
             head_bits=args.head_bits or None, budgets=dict(args.budget),
             candidate_wbits=tuple(args.candidate_wbits), candidate_abits=tuple(args.candidate_abits),
             fixed_layers=dict(args.fix), type_aware=not args.no_type_aware,
-            iterative_rounds=args.iterative_rounds, reconstruct=_RECONSTRUCT_ALIASES[args.reconstruct],
-            reconstruct_iters=args.iters, reconstruct_rank=args.rank,
+            range_search=args.range_search,
+            **_given(iterative_rounds=args.iterative_rounds, reconstruct_iters=args.iters, reconstruct_rank=args.rank,
+                     reconstruct=_RECONSTRUCT_ALIASES[args.reconstruct] if args.reconstruct else None),
         ),
-        seed=args.seed, device=args.device, export_onnx=args.onnx,
+        seed=args.seed, device=args.device, export_onnx=args.onnx, preset=args.preset,
     )
 
 
@@ -120,7 +133,21 @@ def _summary(result) -> dict:
         "allocation": result.allocation,
         "budgets": result.budgets,
         "artifact": str(result.artifact_dir) if result.artifact_dir else None,
+        "warnings": list(getattr(result, "warnings", []) or []),
     }
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (interpreter start-up and imports included); None off Linux."""
+    import os
+
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(uptime - int(fields[19]) / ticks, 0.0)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _fmt(value) -> str:
@@ -133,6 +160,8 @@ def _print_table(summary: dict, out) -> None:
         ("quantized top-1 (%)", summary["quantized"]["top1"]),
         ("top-1 agreement (%)", summary["quantized"]["agreement"]),
         ("KL to float (nats)", summary["quantized"]["kl"]),
+        ("float test cross-entropy", summary["float"].get("cross_entropy")),
+        ("quantized test cross-entropy", summary["quantized"].get("cross_entropy")),
         ("avg weight bits", summary["bits"]["weights_avg"]),
         ("avg activation bits", summary["bits"]["activations_avg"]),
         ("weight bytes", summary["size_bytes"]),
@@ -156,7 +185,10 @@ def _print_table(summary: dict, out) -> None:
 
 def run_quantize(args) -> int:
     """Execute ``mpq quantize`` for parsed ``args``; returns the exit code (2 for bad input)."""
-    from .pipeline import PipelineInputError, run_pipeline
+    import shutil
+    import tempfile
+
+    from .pipeline import InMemoryStageStore, PipelineInputError, run_pipeline
 
     if args.onnx and not args.output:
         print("mpq quantize: --onnx needs --output DIR", file=sys.stderr)
@@ -167,14 +199,23 @@ def run_quantize(args) -> int:
         print(f"mpq quantize: {exc}", file=sys.stderr)
         return 2
     bar = _ProgressBar(enabled=not args.json and sys.stderr.isatty())
+    startup = process_seconds()
+    workdir = Path(tempfile.mkdtemp(prefix="mpq-"))  # block checkpoints; removed when the run ends
     try:
-        result = run_pipeline(config, progress=bar.update, output_dir=Path(args.output) if args.output else None)
+        result = run_pipeline(config, progress=bar.update, output_dir=Path(args.output) if args.output else None,
+                              store=InMemoryStageStore(workdir))
     except PipelineInputError as exc:
         bar.close()
         print(f"mpq quantize: {exc.message}", file=sys.stderr)
         return 2
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     bar.close()
     summary = _summary(result)
+    if startup is not None:
+        summary["timings"] = {"startup": startup, **summary["timings"]}
+    for warning in summary["warnings"]:
+        print(f"mpq quantize: warning: {warning['message']}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, default=str))
     else:

@@ -6,6 +6,7 @@ between processes; no tensors or live models travel through these objects.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -34,6 +35,9 @@ STAGES = ("load", "sensitivity", "allocate", "reconstruct", "evaluate", "export"
 
 QuantizerMethod = Literal["minmax", "repq", "dopq"]
 ReconstructMethod = Literal["none", "mse", "fisher_diag", "fisher_lr", "fisher_dplr"]
+#: ``minmax``: today's fast range calibration; ``output``: output-aware search (quant.range_search);
+#: ``auto``: ``output`` for repq/dopq, ``minmax`` for the minmax recipe.
+RangeSearch = Literal["auto", "minmax", "output"]
 
 
 class _Frozen(BaseModel):
@@ -73,6 +77,7 @@ class MethodSpec(_Frozen):
     Without ``budgets`` every layer gets ``wbits``/``abits`` (uniform precision). With ``budgets`` (keys from
     ``BUDGET_KEYS``) the sensitivity + allocation stages choose per-layer bits among the candidates.
     ``fixed_layers`` maps layer names to ``[wbits, abits]`` that the allocation must keep.
+    ``range_search`` picks the range calibration (``auto``/``minmax``/``output``, see ``quant.ptq``).
     """
 
     quantizer: QuantizerMethod = "dopq"
@@ -88,6 +93,7 @@ class MethodSpec(_Frozen):
     reconstruct: ReconstructMethod = "none"
     reconstruct_iters: int = Field(default=500, ge=1)
     reconstruct_rank: int = Field(default=5, ge=1)
+    range_search: RangeSearch = "auto"
 
     @field_validator("wbits")
     @classmethod
@@ -109,8 +115,8 @@ class MethodSpec(_Frozen):
         for key, limit in value.items():
             if key not in BUDGET_KEYS:
                 raise ValueError(f"unknown budget {key!r}; known budgets: {', '.join(BUDGET_KEYS)}")
-            if not limit > 0:
-                raise ValueError(f"budget {key!r} must be a positive number, got {limit}")
+            if not (math.isfinite(limit) and limit > 0):
+                raise ValueError(f"budget {key!r} must be a positive finite number, got {limit}")
         return value
 
 
@@ -123,3 +129,6 @@ class PipelineConfig(_Frozen):
     seed: int = 0
     device: str = "auto"
     export_onnx: bool = False
+    #: ``auto`` (paper on CUDA, quick elsewhere), ``quick`` or ``paper``; see ``quant.presets``. Settings given
+    #: explicitly in ``method``/``data`` override the preset.
+    preset: Literal["auto", "quick", "paper"] = "auto"

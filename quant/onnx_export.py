@@ -15,6 +15,10 @@
   container. ONNX saturates to the container's range, so for fewer than 8 bits the ``Clip`` bounds
   ``((0 - z) s, (2^b - 1 - z) s)`` restrict the codes to ``b`` bits first; the container's zero point is chosen
   so the ``b``-bit code range fits it. The result equals the fake quantizer's ``(clamp(round(x/s) + z) - z) s``.
+- Uniform quantizers with grouped scales from the output-aware range search (``position``: per token position,
+  ``[N, 1]``; ``head``: per attention head, ``[H, 1, 1]``): exported simulated, as the float op graph
+  ``Div -> Round -> Add -> Clip -> Sub -> Mul`` with the grouped scale/zero point initializers (broadcast), which
+  is the fake quantizer's arithmetic; counted in ``mpq.float_simulated_activations``.
 - Post-softmax log2 and TanQ quantizers, dynamic per-token uniform quantizers and the rare uniform quantizer
   whose zero point no uint8 container can hold (the codes ``[-z, 2^b - 1 - z]`` shifted by a zero point in
   ``[0, 255]`` must stay in ``[0, 255]``): exported as their equivalent float op graph (``Log``/``Pow`` for
@@ -71,11 +75,11 @@ class _ActivationQDQ(nn.Module):
         scale = quantizer.scale.detach().float().reshape(())
         z = float(quantizer.zero_point)
         qmax = 2**quantizer.bits - 1
-        self.low = float((torch.tensor(0.0) - z) * scale)
-        self.high = float((torch.tensor(float(qmax)) - z) * scale)
+        self.low = float((torch.tensor(0.0, device=scale.device) - z) * scale)
+        self.high = float((torch.tensor(float(qmax), device=scale.device) - z) * scale)
         self.clip = quantizer.bits < 8
         self.register_buffer("scale", scale.clone())
-        self.register_buffer("zero_point", torch.tensor(zero, dtype=dtype))
+        self.register_buffer("zero_point", torch.tensor(zero, dtype=dtype, device=scale.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.clip:
@@ -279,7 +283,7 @@ def export_onnx(qmodel: nn.Module, path: str | Path, input_shape: tuple[int, int
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model, counts = _exportable(qmodel)
-    example = torch.zeros((2, *input_shape))
+    example = torch.zeros((2, *input_shape), device="cpu")  # the exportable copy lives on the CPU
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

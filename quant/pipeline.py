@@ -19,12 +19,16 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .config import ALLOWED_ABITS, ALLOWED_WBITS, STAGES, PipelineConfig
+from .config import STAGES, PipelineConfig
 from .data import DataLoadError, ImageSet, load_dataset
+from .errors import PipelineCancelled, PipelineInputError
 from .evaluate import compare_logits, predict_logits
 from .models import BUILTIN_MODELS, ModelLoadError, build_model, model_info
+from .presets import resolve_preset
 from .profile import LayerProfile, bits_summary, profile_layers
 from .ptq import PTQ_METHODS, quantize_ptq
+from .validation import calibration_warning, check_finite_weights
+from .validation import check_bits as _check_bits
 from .wrap import quant_layers, set_bits_, set_uniform_bits_
 
 __all__ = [
@@ -43,18 +47,6 @@ __all__ = [
 ProgressCallback = Callable[[str, float, str], None]
 _STAGE_SPAN = {"load": 0.05, "sensitivity": 0.25, "allocate": 0.05, "reconstruct": 0.45, "evaluate": 0.15,
                "export": 0.05}
-
-
-class PipelineInputError(ValueError):
-    """Input the user must fix. ``code`` is a stable machine-readable reason, ``details`` extra JSON data."""
-
-    def __init__(self, code: str, message: str, details: dict | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.details = code, message, details or {}
-
-
-class PipelineCancelled(Exception):
-    """Raised inside the pipeline when ``should_cancel()`` turned true."""
 
 
 class StageStore(Protocol):
@@ -94,6 +86,8 @@ class PipelineResult:
     timings: dict[str, float]
     stages: dict[str, dict] = field(default_factory=dict)
     artifact_dir: Path | None = None
+    #: Problems that did not stop the run: ``[{"code", "message"}]`` (e.g. fewer calibration images than asked).
+    warnings: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -131,7 +125,9 @@ def _load_model(config: PipelineConfig) -> nn.Module:
         if spec.weights_path is None:
             raise PipelineInputError("missing_weights", f"model {spec.name!r} needs weights (a safetensors file)")
     try:
-        return build_model(spec.name, dict(spec.arch_kwargs), spec.weights_path)
+        model = build_model(spec.name, dict(spec.arch_kwargs), spec.weights_path)
+        check_finite_weights(model)
+        return model
     except ModelLoadError as exc:
         raise PipelineInputError("invalid_weights", str(exc)) from exc
     except TypeError as exc:
@@ -147,7 +143,7 @@ def _load_images(config: PipelineConfig, input_shape: tuple[int, int, int]) -> t
     data = config.data
     try:
         kwargs = {"model_name": config.model.name, "arch_kwargs": dict(config.model.arch_kwargs)}
-        calib = load_dataset(data.source, split="calib", **kwargs)
+        calib = load_dataset(data.source, split="calib", max_images=data.num_calibration, **kwargs)
         if data.eval_source is not None:
             evaluation: ImageSet | None = load_dataset(data.eval_source, split="test", **kwargs)
         elif data.source.startswith("builtin:"):
@@ -168,42 +164,15 @@ def _load_images(config: PipelineConfig, input_shape: tuple[int, int, int]) -> t
     return calib, evaluation
 
 
-def _check_bits(config: PipelineConfig, layer_names: list[str]) -> None:
-    method = config.method
-    for bits in method.candidate_wbits:
-        if bits not in ALLOWED_WBITS:
-            raise PipelineInputError("invalid_bits", f"candidate weight bits {bits} not in {ALLOWED_WBITS}")
-    for bits in method.candidate_abits:
-        if bits not in ALLOWED_ABITS:
-            raise PipelineInputError("invalid_bits", f"candidate activation bits {bits} not in {ALLOWED_ABITS}")
-    if method.head_bits is not None and method.head_bits not in ALLOWED_WBITS:
-        raise PipelineInputError("invalid_bits", f"head_bits {method.head_bits} not in {ALLOWED_WBITS}")
-    for name, (wbits, abits) in method.fixed_layers.items():
-        if name not in layer_names:
-            raise PipelineInputError(
-                "unknown_layer", f"fixed layer {name!r} does not exist; layers are e.g. {layer_names[:4]}"
-            )
-        if wbits not in ALLOWED_WBITS or abits not in ALLOWED_ABITS:
-            raise PipelineInputError("invalid_bits", f"fixed layer {name!r}: bits ({wbits}, {abits}) not allowed")
+def validate_config(config: PipelineConfig) -> list[dict[str, str]]:
+    """Fast checks before a job is accepted (no weights loaded, no image decoded; see :mod:`quant.validation`):
+    architecture, weights shapes from the safetensors header, data shapes, bits, budget feasibility.
 
-
-def validate_config(config: PipelineConfig) -> None:
-    """Fast checks before a job is accepted: architecture, weights, data shapes, bits, budget feasibility.
-
-    Raises ``PipelineInputError`` with a message that says what to fix.
+    Raises ``PipelineInputError`` with a message that says what to fix; returns warnings ``[{"code", "message"}]``.
     """
-    from .wrap import wrap_model_
+    from .validation import validate_config as cheap_checks
 
-    model = _load_model(config)
-    input_shape = _input_shape(config)
-    _load_images(config, input_shape)
-    wrapped = wrap_model_(model, softmax="uniform")
-    profiles = profile_layers(wrapped, input_shape)
-    _check_bits(config, list(profiles))
-    if config.method.budgets:
-        from .allocation import check_budgets_feasible
-
-        check_budgets_feasible(profiles, config.method)
+    return cheap_checks(config)
 
 
 # ---- the run --------------------------------------------------------------------------------------------
@@ -250,9 +219,10 @@ def run_pipeline(
     should_cancel: Callable[[], bool] | None = None,
 ) -> PipelineResult:
     """Run (or resume) a whole job and return its result; writes the bundle to ``output_dir`` when given."""
+    device = resolve_device(config.device)
+    config = resolve_preset(config, device)  # quick/paper settings the job did not give explicitly
     run = _Run(config, progress, store or InMemoryStageStore(), should_cancel)
     method = config.method
-    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
 
     start = time.perf_counter()
@@ -260,6 +230,11 @@ def run_pipeline(
     input_shape = _input_shape(config)
     calib, evaluation = _load_images(config, input_shape)
     load_seconds = time.perf_counter() - start
+
+    warnings = []
+    if len(calib) < config.data.num_calibration:
+        warnings.append({"code": "calibration_images_capped",
+                         "message": calibration_warning(config.data.num_calibration, len(calib))})
 
     def load_stage() -> dict:
         return {
@@ -269,6 +244,7 @@ def run_pipeline(
             "evaluation_images": len(evaluation) if evaluation is not None else 0,
             "device": str(device),
             "load_seconds": load_seconds,
+            "warnings": warnings,
         }
 
     run.stage("load", load_stage)
@@ -279,7 +255,7 @@ def run_pipeline(
     ref_a = method.abits if not method.budgets else 4
     qmodel, reparam_reports = quantize_ptq(
         float_model, calib.images, method=method.quantizer, wbits=ref_w, abits=ref_a,
-        head_bits=method.head_bits, batch_size=config.data.batch_size,
+        head_bits=method.head_bits, batch_size=config.data.batch_size, range_search=method.range_search,
         progress=lambda step, frac: run.report("load", 0.5 + 0.5 * frac, step),
     )
     run.timings["calibrate"] = time.perf_counter() - start
@@ -328,10 +304,12 @@ def run_pipeline(
         timings={},
         stages=run.outputs,
         artifact_dir=artifact_dir,
+        warnings=list(run.outputs["load"].get("warnings", warnings)),
     )
 
     def current_timings() -> dict[str, float]:
         timings = {name: float(out.get("seconds", 0.0)) for name, out in run.outputs.items()}
+        timings["load"] = float(run.outputs["load"].get("load_seconds", timings.get("load", 0.0)))
         timings["calibrate"] = run.timings["calibrate"]
         return timings
 
@@ -344,8 +322,8 @@ def run_pipeline(
         from .report_html import write_report_html
 
         recipe = PTQ_METHODS[method.quantizer]
-        report = {"config": config.model_dump(mode="json"), **result.to_dict(),
-                  "reparam": [asdict(r) for r in reparam_reports]}
+        public = {key: value for key, value in result.to_dict().items() if key != "artifact_dir"}
+        report = {"config": _public_config(config), **public, "reparam": [asdict(r) for r in reparam_reports]}
         save_bundle(qmodel, artifact_dir, model_spec=config.model.model_dump(),
                     recipe={"softmax": recipe.softmax, "minmax": recipe.minmax}, report=report)
         files = ["model.safetensors", "quant_config.json", "report.json"]
@@ -356,12 +334,28 @@ def run_pipeline(
 
             export_onnx(qmodel, artifact_dir / "model.onnx", input_shape)
             files.append("model.onnx")
-        return {"path": str(artifact_dir), "files": files}
+        return {"files": files}
 
     run.stage("export", export_stage)
     result.timings = current_timings()
     result.stages = run.outputs
     return result
+
+
+def _public_config(config: PipelineConfig) -> dict:
+    """The config as the report shows it: files by name only (no server directory)."""
+    data = config.model_dump(mode="json")
+
+    def name_only(source: str | None) -> str | None:
+        if source is None or source.startswith("builtin:"):
+            return source
+        prefix = "folder:" if source.startswith("folder:") else ""
+        return prefix + Path(source.removeprefix(prefix)).name
+
+    data["model"]["weights_path"] = name_only(data["model"].get("weights_path"))
+    data["data"]["source"] = name_only(data["data"].get("source"))
+    data["data"]["eval_source"] = name_only(data["data"].get("eval_source"))
+    return data
 
 
 def _uniform_allocation(qmodel: nn.Module, config: PipelineConfig) -> dict:
@@ -382,21 +376,54 @@ def _reconstruct_stage(qmodel, float_model, calib, config, run) -> dict:
                              lambda f, msg="": run.report("reconstruct", f, msg))
 
 
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor | None) -> float | None:
+    """Mean cross-entropy (nats per image) of ``logits`` [N, classes] against ``labels`` [N]; None without labels."""
+    if labels is None or len(labels) == 0 or int(labels.max()) >= logits.shape[1]:
+        return None
+    logits = logits.float().cpu()
+    return float(torch.nn.functional.cross_entropy(logits, labels.to(logits.device)))
+
+
 def _evaluate_stage(qmodel, float_model, calib: ImageSet, evaluation: ImageSet | None,
                     profiles: dict[str, LayerProfile], config: PipelineConfig) -> dict:
     images = evaluation if evaluation is not None else calib
     batch = config.data.batch_size
     float_logits = predict_logits(float_model, images.images, batch)
-    quant_logits = predict_logits(qmodel, images.images, batch)
+    # the metrics are those of the artifact the job returns: the bundle, written and reloaded on this device
+    artifact, evaluated = _reloaded_artifact(qmodel, config, next(float_model.parameters()).device)
+    quant_logits = predict_logits(artifact, images.images, batch)
+    del artifact
     cmp = compare_logits(float_logits, quant_logits, images.labels)
     bits = bits_summary(qmodel, profiles)
+    float_ce = _cross_entropy(float_logits, images.labels)
+    quant_ce = _cross_entropy(quant_logits, images.labels)
     metrics = {
-        "float": {"top1": cmp["float_top1"]},
-        "quantized": {"top1": cmp["top1"], "kl": cmp["kl"], "agreement": cmp["agreement"]},
+        "float": {"top1": cmp["float_top1"], "cross_entropy": float_ce},
+        "quantized": {"top1": cmp["top1"], "kl": cmp["kl"], "agreement": cmp["agreement"],
+                      "cross_entropy": quant_ce},
         "bits": {"weights_avg": bits["weights_avg"], "activations_avg": bits["activations_avg"]},
         "size_bytes": bits["weight_bytes"],
         "bops": bits["bops"],
         "evaluated_on": "evaluation" if evaluation is not None else "calibration",
+        "evaluated_model": evaluated,
         "images": len(images),
     }
     return {"metrics": metrics}
+
+
+def _reloaded_artifact(qmodel: nn.Module, config: PipelineConfig, device: torch.device) -> tuple[nn.Module, str]:
+    """The quantized model as the job's bundle gives it back: written to a temporary folder and reloaded with
+    ``load_quantized(device=...)`` (``"bundle"``); the in-memory model (``"in_memory"``) when it cannot be written
+    as a bundle (the export stage then reports why)."""
+    import tempfile
+
+    from .bundle import BundleError, load_quantized, save_bundle
+
+    recipe = PTQ_METHODS[config.method.quantizer]
+    with tempfile.TemporaryDirectory(prefix="mpq-eval-") as tmp:
+        try:
+            save_bundle(qmodel, tmp, model_spec=config.model.model_dump(),
+                        recipe={"softmax": recipe.softmax, "minmax": recipe.minmax})
+        except BundleError:
+            return qmodel, "in_memory"
+        return load_quantized(tmp, device=str(device)), "bundle"

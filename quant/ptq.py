@@ -4,6 +4,12 @@
 - ``repq``: RepQ-ViT: post-LayerNorm reparameterization with the mean layer-wise range, log2 post-softmax,
   MSE range searches for weights (per channel) and activations (per tensor).
 - ``dopq``: DopQ-ViT: MAD-guided reparameterization (MOSF) and the TanQ post-softmax quantizer, same searches.
+
+``range_search`` chooses how ranges are calibrated on top of the recipe: ``minmax`` is the fast calibration
+above (one observation pass, ranges from the weights / a value sample); ``output`` then refines every weight and
+uniform activation range by the error it causes in the layer's output, with per-token-position scales for
+linear inputs and per-head scales for q, k and v (``quant.range_search``). ``auto`` (the default) is ``output``
+for repq and dopq and ``minmax`` for the minmax recipe, whose meaning is plain min/max ranges.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ import torch
 from torch import nn
 
 from .calibrate import calibrate_
+from .range_search import RANGE_SEARCHES, SearchSettings, search_ranges_
 from .reparam import ReparamReport, reparameterize_
 from .wrap import set_quant_enabled_, set_uniform_bits_, wrap_model_
 
-__all__ = ["PTQ_METHODS", "PTQRecipe", "quantize_ptq"]
+__all__ = ["PTQ_METHODS", "PTQRecipe", "quantize_ptq", "resolve_range_search"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,15 @@ PTQ_METHODS: dict[str, PTQRecipe] = {
 }
 
 
+def resolve_range_search(method: str, range_search: str = "auto") -> str:
+    """``minmax`` or ``output`` for a recipe: ``auto`` is ``output`` except for the minmax recipe."""
+    if range_search == "auto":
+        return "minmax" if method == "minmax" else "output"
+    if range_search not in RANGE_SEARCHES:
+        raise ValueError(f"range_search must be 'auto' or one of {', '.join(RANGE_SEARCHES)}, got {range_search!r}")
+    return range_search
+
+
 def _batches(images: torch.Tensor, batch_size: int, device: torch.device):
     for start in range(0, len(images), batch_size):
         yield images[start : start + batch_size].to(device)
@@ -53,15 +69,19 @@ def quantize_ptq(
     abits: int = 4,
     head_bits: int | None = 8,
     batch_size: int = 64,
+    range_search: str = "auto",
+    search_settings: SearchSettings | None = None,
     progress: Callable[[str, float], None] | None = None,
 ) -> tuple[nn.Module, list[ReparamReport]]:
     """Return a calibrated fake-quantized copy of ``float_model`` (the input model is not modified).
 
     calib_images: float [N,3,H,W], normalised for the model. wbits/abits: uniform bit-widths (16 = float);
-    the patch embedding and head get ``head_bits`` (None = same as the rest).
+    the patch embedding and head get ``head_bits`` (None = same as the rest). range_search: ``auto``,
+    ``minmax`` (fast calibration only) or ``output`` (output-aware search, see the module doc).
     """
     if method not in PTQ_METHODS:
         raise ValueError(f"unknown PTQ method {method!r}; choose one of {', '.join(PTQ_METHODS)}")
+    search = resolve_range_search(method, range_search)
     recipe = PTQ_METHODS[method]
     device = next(float_model.parameters()).device
     model = wrap_model_(copy.deepcopy(float_model).eval(), softmax=recipe.softmax, minmax=recipe.minmax)
@@ -79,4 +99,7 @@ def quantize_ptq(
         _batches(calib_images, batch_size, device),
         progress=(lambda i: progress("calibrate", (i + 1) / n_batches)) if progress else None,
     )
+    if search == "output":
+        search_ranges_(model, calib_images, settings=search_settings, batch_size=batch_size,
+                       progress=(lambda f: progress("range search", f)) if progress else None)
     return model, reports

@@ -165,7 +165,7 @@ def reparameterize_(
         ratio = _ratios(width, mode, chosen_kappa)
         norm.weight.copy_(norm.weight / ratio)
         norm.bias.copy_((norm.bias - low) / ratio + shift)
-        new_bias = (bias if bias is not None else torch.zeros(weight.shape[0])) + weight @ (low - shift * ratio)
+        new_bias = (bias if bias is not None else weight.new_zeros(weight.shape[0])) + weight @ (low - shift * ratio)
         linear.weight.copy_(weight * ratio)
         if linear.bias is None:
             linear.bias = nn.Parameter(new_bias.to(linear.weight.dtype))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .evaluate import predict_logits
-from .modules import QuantConv2d, QuantLayer, QuantLinear
+from .modules import QuantConv2d, QuantLayer
 from .quantizers import FLOAT_BITS
 from .wrap import quant_layers, set_quant_enabled_
 
@@ -98,8 +98,10 @@ class _FisherHooks:
         self.layers = layers
         self.abits = [b for b in abits if b < FLOAT_BITS]
         self.fisher: dict[str, torch.Tensor] = {}
-        self.act: dict[str, dict[int, float]] = {name: dict.fromkeys(self.abits, 0.0) for name in layers}
-        self.generator = torch.Generator().manual_seed(seed)
+        # activation Omegas per layer: one device tensor [len(abits)] each, read back once at the end
+        self.act_sums: dict[str, torch.Tensor] = {}
+        self.seed = seed
+        self.generators: dict[torch.device, torch.Generator] = {}
         self.handles = [layer.register_forward_hook(self._forward_hook(name, layer)) for name, layer in layers.items()]
 
     def _forward_hook(self, name: str, layer: QuantLayer):
@@ -114,6 +116,22 @@ class _FisherHooks:
 
         return hook
 
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The seeded generator of ``device`` (position subsets are drawn where the tensors live)."""
+        if device not in self.generators:
+            self.generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self.generators[device]
+
+    @property
+    def act(self) -> dict[str, dict[int, float]]:
+        """``{layer: {abits: summed Omega_a}}`` as floats (one device-to-host copy per layer)."""
+        out = {}
+        for name in self.layers:
+            sums = self.act_sums.get(name)
+            values = sums.tolist() if sums is not None else [0.0] * len(self.abits)
+            out[name] = dict(zip(self.abits, values, strict=True))
+        return out
+
     def _act_grad_hook(self, name, quantizer, x):
         def hook(grad):
             values, g = x.reshape(-1), grad.detach().reshape(-1)
@@ -121,14 +139,17 @@ class _FisherHooks:
             if values.numel() > _ACT_POSITIONS:
                 # Unbiased estimate of the sum on a fixed-size random subset of positions: the quantization
                 # error of every candidate is evaluated on these positions only.
-                pick = torch.randint(0, values.numel(), (_ACT_POSITIONS,), generator=self.generator)
-                pick = pick.to(values.device)
+                pick = torch.randint(0, values.numel(), (_ACT_POSITIONS,), generator=self.generator(values.device),
+                                     device=values.device)
                 scale = values.numel() / _ACT_POSITIONS
                 values, g = values[pick], g[pick]
             g2 = g.float().pow(2)
-            for bits in self.abits:
-                err = (quantizer.quantize_at(values, bits) - values).pow(2)
-                self.act[name][bits] += 0.5 * scale * float((g2 * err).sum())
+            errs = torch.stack([(quantizer.quantize_at(values, bits) - values).pow(2) for bits in self.abits])
+            omegas = (errs * g2).sum(dim=1).mul_(0.5 * scale)  # [len(abits)], stays on the device
+            if name in self.act_sums:
+                self.act_sums[name] += omegas
+            else:
+                self.act_sums[name] = omegas
         return hook
 
     def _weight_grad_hook(self, name, layer, x):
@@ -158,11 +179,13 @@ class _FisherHooks:
 
 
 def _per_image_loss(logits: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+    """Summed cross-entropy to ``labels``, or to one label per image sampled from the model's own softmax on the
+    logits' device with ``generator`` (a generator of that device)."""
     if labels is not None:
         targets = labels.to(logits.device)
     else:
-        probs = logits.detach().float().softmax(-1).cpu()
-        targets = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
+        probs = logits.detach().float().softmax(-1)
+        targets = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
@@ -201,7 +224,7 @@ def compute_sensitivity(
     params = list(qmodel.parameters())
     saved_grad = [p.requires_grad for p in params]
     device = params[0].device
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     set_quant_enabled_(qmodel, False, False)
     for p in params:
         p.requires_grad_(False)
@@ -222,18 +245,22 @@ def compute_sensitivity(
 
     weight: dict[str, dict[int, float]] = {}
     act = {name: {b: v / n_images for b, v in d.items()} for name, d in hooks.act.items()}
+    wbits = [b for b in candidate_wbits if b < FLOAT_BITS]
+    omegas: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, layer in layers.items():
             weight[name] = {}
-            if not layer.has_weight or name not in hooks.fisher:
+            if not layer.has_weight or name not in hooks.fisher or not wbits:
                 continue
             fisher = hooks.fisher[name].reshape(layer.weight.shape) / n_images
             w = layer.weight.detach().float()
-            for bits in candidate_wbits:
-                if bits >= FLOAT_BITS:
-                    continue
-                err = (layer.weight_quantizer.quantize_at(w, bits) - w).pow(2)
-                weight[name][bits] = 0.5 * float((fisher * err).sum())
+            omegas[name] = torch.stack([0.5 * (fisher * (layer.weight_quantizer.quantize_at(w, bits) - w).pow(2)).sum()
+                                        for bits in wbits])  # on the device; read back once below
+    if omegas:
+        names = list(omegas)
+        values = torch.stack([omegas[n] for n in names]).tolist()  # one device-to-host copy
+        for name, row in zip(names, values, strict=True):
+            weight[name] = dict(zip(wbits, row, strict=True))
     table = SensitivityTable(
         components={n: l.component for n, l in layers.items()}, weight=weight, act=act,
         loss="cross_entropy" if labels is not None else "kl", reference_bits=reference_bits,

@@ -15,7 +15,7 @@ from torch import nn
 
 from .attention import install_quant_attention
 from .modules import QuantConv2d, QuantLayer, QuantLinear
-from .quantizers import ActivationQuantizer, Log2Quantizer, TanQuantizer, UniformQuantizer
+from .quantizers import ActivationQuantizer, Log2Quantizer, TanQuantizer, UniformQuantizer, WeightQuantizer
 
 __all__ = [
     "COMPONENTS",
@@ -84,7 +84,18 @@ def wrap_model_(model: nn.Module, *, softmax: str = "tanq", minmax: bool = False
         if install_quant_attention(module, _softmax_quantizer(softmax, minmax)):
             for quantizer in (module.matmul_qk.quantizer_a, module.matmul_qk.quantizer_b, module.matmul_av.quantizer_b):
                 quantizer.minmax = minmax
+    _to_model_device_(model)
     return model
+
+
+def _to_model_device_(model: nn.Module) -> None:
+    """Move the quantizers just created (on the CPU) to the device of the model's parameters."""
+    param = next(model.parameters(), None)
+    if param is None or param.device.type == "cpu":
+        return
+    for module in model.modules():
+        if isinstance(module, (ActivationQuantizer, WeightQuantizer)):
+            module.to(param.device)
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
@@ -107,7 +118,7 @@ def set_bits_(model: nn.Module, bits: Mapping[str, tuple[int, int]]) -> None:
 
 def set_uniform_bits_(model: nn.Module, wbits: int, abits: int, head_bits: int | None = 8) -> None:
     """Give every layer ``wbits``/``abits``; the patch embedding and head get ``head_bits`` (None = same)."""
-    for name, layer in quant_layers(model).items():
+    for layer in quant_layers(model).values():
         if head_bits is not None and layer.component in ("patch_embed", "head"):
             layer.set_bits(head_bits, head_bits)
         else:

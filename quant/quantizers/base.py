@@ -36,15 +36,16 @@ class ActivationQuantizer(nn.Module):
     #: Names of the parameters/buffers that ``fit`` sets (cached per bit-width by ``set_bits``).
     fit_params: tuple[str, ...] = ()
 
-    def __init__(self, bits: int = 8, sample_size: int = 1 << 16) -> None:
+    def __init__(self, bits: int = 8, sample_size: int = 1 << 16, device: torch.device | str | None = None) -> None:
+        """device: where the buffers start (None: the default device); they follow ``.to()`` afterwards."""
         super().__init__()
         self.bits = int(bits)
         self.enabled = True
         self.observing = False
         self.sample_size = int(sample_size)
-        self.register_buffer("sample", torch.empty(0), persistent=False)
-        self.register_buffer("observed_min", torch.tensor(float("inf")), persistent=False)
-        self.register_buffer("observed_max", torch.tensor(float("-inf")), persistent=False)
+        self.register_buffer("sample", torch.empty(0, device=device), persistent=False)
+        self.register_buffer("observed_min", torch.tensor(float("inf"), device=device), persistent=False)
+        self.register_buffer("observed_max", torch.tensor(float("-inf"), device=device), persistent=False)
         self.calibrated = False
         self._fitted: dict[int, dict[str, torch.Tensor]] = {}
 

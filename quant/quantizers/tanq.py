@@ -36,14 +36,60 @@ def _grid() -> tuple[tuple[float, float], ...]:
 _GRID = _grid()
 
 
-def tanq_fake_quant(x: torch.Tensor, a: float, bits: int, c: float = 0.5) -> torch.Tensor:
-    """Compand, quantize uniformly to ``2^bits`` levels on [-1, 1], expand. ``x`` in [0, 1] (clamped)."""
+def _constants(a, c):
+    """``t0 = tan(-a c)``, ``t1 = tan(a (1 - c))``, ``2 / (t1 - t0)`` and ``(t1 - t0) / 2``: python floats for
+    float ``a``/``c``; for tensors, computed in float64 on their device and rounded to float32 (the same values
+    as the python-float path, with no host sync)."""
+    if isinstance(a, torch.Tensor) or isinstance(c, torch.Tensor):
+        device = a.device if isinstance(a, torch.Tensor) else c.device
+        a64 = torch.as_tensor(a, device=device).double()
+        c64 = torch.as_tensor(c, device=device).double()
+        t0, t1 = torch.tan(-a64 * c64), torch.tan(a64 * (1 - c64))
+        values = torch.stack([t0, t1, 2.0 / (t1 - t0), (t1 - t0) / 2.0, a64, c64]).float()
+        return values.unbind(0)
     t0, t1 = math.tan(-a * c), math.tan(a * (1 - c))
-    x = torch.clamp(x, 0.0, 1.0)
-    y = (torch.tan(a * (x - c)) - t0) * (2.0 / (t1 - t0)) - 1.0
+    return t0, t1, 2.0 / (t1 - t0), (t1 - t0) / 2.0, a, c
+
+
+class _TanQ(torch.autograd.Function):
+    """TanQ with its straight-through gradient computed in the forward pass (one product in backward).
+
+    d out / d x = [0 < x < 1, -1 < yq < 1] * (1 + tan(u)^2) / (1 + w^2) with ``u = a (x - c)`` and ``w`` the argument of the
+    final ``atan`` (the chain rule through compand, straight-through rounding and expand; the affine factors
+    cancel)."""
+
+    @staticmethod
+    def forward(ctx, x, a, c, t0, k1, k2, step, bits):
+        tan_u = torch.tan(a * (torch.clamp(x, 0.0, 1.0) - c))
+        y = (tan_u - t0) * k1 - 1.0
+        yr = torch.round((y + 1.0) / step) * step - 1.0
+        yq = torch.clamp(yr, -1.0, 1.0)
+        w = t0 + (yq + 1.0) * k2
+        out = c + torch.atan(w) / a
+        # torch.clamp's backward (both clamps): gradients strictly inside the bounds
+        inside = ((x > 0.0) & (x < 1.0) & (yr > -1.0) & (yr < 1.0)).to(x.dtype)
+        ctx.save_for_backward(inside.mul_(tan_u.square_().add_(1.0)).div_(w.square_().add_(1.0)))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (deriv,) = ctx.saved_tensors
+        return grad * deriv, None, None, None, None, None, None, None
+
+
+def tanq_fake_quant(x: torch.Tensor, a, bits: int, c=0.5) -> torch.Tensor:
+    """Compand, quantize uniformly to ``2^bits`` levels on [-1, 1], expand. ``x`` in [0, 1] (clamped).
+
+    ``a``/``c``: python floats or 0-dim tensors on ``x``'s device (no host sync). With autograd on, a fused
+    function with the straight-through gradient is used (same values)."""
+    t0, _t1, k1, k2, a, c = _constants(a, c)
     step = 2.0 / (2**bits - 1)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _TanQ.apply(x, a, c, t0, k1, k2, step, bits)
+    x = torch.clamp(x, 0.0, 1.0)
+    y = (torch.tan(a * (x - c)) - t0) * k1 - 1.0
     yq = torch.clamp(round_ste((y + 1.0) / step) * step - 1.0, -1.0, 1.0)
-    return c + torch.atan(t0 + (yq + 1.0) * ((t1 - t0) / 2.0)) / a
+    return c + torch.atan(t0 + (yq + 1.0) * k2) / a
 
 
 class TanQuantizer(ActivationQuantizer):
@@ -91,10 +137,11 @@ class TanQuantizer(ActivationQuantizer):
                 return (tanq_fake_quant(sample, ac[0], self.bits, ac[1]) - sample).pow(2).mean().item()
 
         best_a, best_c = min(_GRID, key=error)
-        self.a, self.c = torch.tensor(best_a), torch.tensor(best_c)
+        self.a = torch.tensor(best_a, device=self.a.device)
+        self.c = torch.tensor(best_c, device=self.c.device)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return tanq_fake_quant(x, float(self.a), self.bits, float(self.c))
+        return tanq_fake_quant(x, self.a, self.bits, self.c)  # tensors: no host sync
 
     def describe(self) -> dict:
         info = super().describe()

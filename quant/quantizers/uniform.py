@@ -1,4 +1,10 @@
-"""Asymmetric uniform fake quantization for activations (per-tensor, or dynamic per-token scale)."""
+"""Asymmetric uniform fake quantization for activations.
+
+Granularities: ``tensor`` (one scale and zero point), ``position`` (a static scale and zero point per token
+position, shape ``x.shape[1:-1] + (1,)``), ``head`` (per attention head, shape ``[H, 1, 1]``) and ``token``
+(dynamic: each token's own min/max at run time, nothing calibrated). ``position`` and ``head`` parameters come
+from the output-aware range search (``quant.range_search``); their shape is stored in the bundle.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from torch import nn
 
 from .base import ActivationQuantizer, round_ste
 
-__all__ = ["UniformQuantizer", "fake_quant_uniform", "search_uniform_range"]
+__all__ = ["GRANULARITIES", "UniformQuantizer", "fake_quant_uniform", "search_uniform_range"]
 
 _LOW_QUANTILES = (0.0, 1e-3, 1e-2, 3e-2)
 _HIGH_QUANTILES = (1.0, 1 - 1e-4, 1 - 1e-3, 1 - 3e-3, 1 - 1e-2, 1 - 3e-2)
@@ -48,8 +54,9 @@ def search_uniform_range(sample: torch.Tensor, bits: int, minmax: bool = False) 
     lows = torch.quantile(sample, torch.tensor(_LOW_QUANTILES, device=sample.device))
     highs = torch.quantile(sample, torch.tensor(_HIGH_QUANTILES, device=sample.device))
     if sample.numel() > _SEARCH_VALUES:
-        pick = torch.randperm(sample.numel(), generator=torch.Generator().manual_seed(0))[:_SEARCH_VALUES]
-        sample = sample[pick.to(sample.device)]
+        generator = torch.Generator(device=sample.device).manual_seed(0)
+        pick = torch.randperm(sample.numel(), generator=generator, device=sample.device)[:_SEARCH_VALUES]
+        sample = sample[pick]
     best = (float("inf"), float(low_all), float(high_all))
     for low in lows:
         for high in highs:
@@ -62,11 +69,18 @@ def search_uniform_range(sample: torch.Tensor, bits: int, minmax: bool = False) 
     return best[1], best[2]
 
 
+GRANULARITIES = ("tensor", "position", "head", "token")
+
+
 class UniformQuantizer(ActivationQuantizer):
     """Asymmetric uniform activation quantizer.
 
-    ``granularity="tensor"``: one learned-able scale and a zero point, ranges from a calibration search
+    ``granularity="tensor"``: one learnable scale and a zero point, ranges from a calibration search
     (MSE over quantile clipping) or plain min/max (``minmax=True``).
+    ``granularity="position"``/``"head"``: grouped scale and zero point (set by ``set_params``, e.g. by the
+    output-aware range search); they broadcast against the trailing dims of the input. An input they cannot
+    broadcast against (a flattened 1-D sample, as the sensitivity pass uses) is quantized with the union range
+    of all groups.
     ``granularity="token"``: per-token scale and zero point computed on the fly from each token's min/max
     (last dimension is the channel dimension); no calibration needed.
     """
@@ -74,21 +88,53 @@ class UniformQuantizer(ActivationQuantizer):
     fit_params = ("scale", "zero_point")
     kind = "uniform"
 
-    def __init__(self, bits: int = 8, granularity: str = "tensor", minmax: bool = False) -> None:
-        super().__init__(bits)
-        if granularity not in ("tensor", "token"):
-            raise ValueError(f"granularity must be 'tensor' or 'token', got {granularity!r}")
+    def __init__(self, bits: int = 8, granularity: str = "tensor", minmax: bool = False,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(bits, device=device)
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self.granularity = granularity
         self.minmax = minmax
-        self.scale = nn.Parameter(torch.tensor(1.0), requires_grad=False)
-        self.register_buffer("zero_point", torch.tensor(0.0))
+        self.scale = nn.Parameter(torch.tensor(1.0, device=device), requires_grad=False)
+        self.register_buffer("zero_point", torch.tensor(0.0, device=device))
+
+    def set_params(self, scale: torch.Tensor, zero_point: torch.Tensor, granularity: str | None = None) -> None:
+        """Replace scale and zero point (same shape: ``()`` per tensor, or a group shape such as ``[N, 1]``).
+
+        granularity: name of the grouping (``position``/``head``); default: ``tensor`` for one element, else
+        unchanged.
+        """
+        if tuple(scale.shape) != tuple(zero_point.shape):
+            raise ValueError(f"scale shape {tuple(scale.shape)} differs from zero point shape "
+                             f"{tuple(zero_point.shape)}")
+        if granularity is not None and granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        requires_grad = bool(self.scale.requires_grad)
+        self.scale = nn.Parameter(scale.detach().to(self.scale.dtype).clone(), requires_grad=requires_grad)
+        self.zero_point = zero_point.detach().to(self.zero_point.dtype).clone()
+        if granularity is not None:
+            self.granularity = granularity
+        elif scale.numel() == 1 and self.granularity != "token":
+            self.granularity = "tensor"
+
+    def remember_fit(self) -> None:
+        """Keep the current parameters as the fitted state of the current bit-width (``set_bits`` restores it)."""
+        self._fitted[self.bits] = {name: getattr(self, name).detach().clone() for name in self.fit_params}
+        self._fitted[self.bits]["granularity"] = self.granularity
+
+    def _fit_cached(self, bits: int) -> None:
+        cached = self._fitted.get(bits)
+        if cached is None:
+            self.fit(self.calibration_sample())
+            self.remember_fit()
+            return
+        self.set_params(cached["scale"], cached["zero_point"], cached.get("granularity"))
 
     def set_range(self, low: float, high: float) -> None:
-        """Set the quantization grid so that ``[low, high]`` is covered at the current bit-width."""
-        scale, zero = _scale_zero(torch.tensor(low), torch.tensor(high), self.bits)
-        with torch.no_grad():
-            self.scale.copy_(scale)
-            self.zero_point.copy_(zero)
+        """Set a per-tensor grid so that ``[low, high]`` is covered at the current bit-width."""
+        device = self.scale.device
+        scale, zero = _scale_zero(torch.tensor(low, device=device), torch.tensor(high, device=device), self.bits)
+        self.set_params(scale, zero, "tensor")
 
     def fit(self, sample: torch.Tensor) -> None:
         if self.granularity == "token":
@@ -96,10 +142,19 @@ class UniformQuantizer(ActivationQuantizer):
         low, high = search_uniform_range(sample, self.bits, minmax=self.minmax)
         self.set_range(low, high)
 
+    def _broadcasts(self, x: torch.Tensor) -> bool:
+        shape = tuple(self.scale.shape)
+        return len(shape) < x.dim() and all(s in (1, t) for s, t in zip(shape, x.shape[x.dim() - len(shape):]))
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.granularity == "token":
             low = x.detach().amin(dim=-1, keepdim=True)
             high = x.detach().amax(dim=-1, keepdim=True)
+            scale, zero = _scale_zero(low, high, self.bits)
+            return fake_quant_uniform(x, scale, zero, self.bits)
+        if self.scale.numel() > 1 and not self._broadcasts(x):
+            low = ((0 - self.zero_point) * self.scale).amin()
+            high = ((2**self.bits - 1 - self.zero_point) * self.scale).amax()
             scale, zero = _scale_zero(low, high, self.bits)
             return fake_quant_uniform(x, scale, zero, self.bits)
         return fake_quant_uniform(x, self.scale, self.zero_point, self.bits)
@@ -109,4 +164,6 @@ class UniformQuantizer(ActivationQuantizer):
         info["granularity"] = self.granularity
         if self.granularity == "tensor":
             info.update(scale=float(self.scale), zero_point=float(self.zero_point))
+        elif self.granularity in ("position", "head"):
+            info["shape"] = list(self.scale.shape)
         return info

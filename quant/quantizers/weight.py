@@ -27,19 +27,24 @@ class WeightQuantizer(nn.Module):
     ``calibrate(weight)`` picks each channel's range by a grid search over percentile clipping and shrink
     factors minimising the channel's weight MSE (``minmax=True``: plain channel min/max). ``scale`` is a
     parameter so reconstruction can learn it; ``zero_point`` stays on the integer grid.
+
+    Fitted state is plain tensors on the weight's device: the current ``scale``/``zero_point`` and, per
+    bit-width, the ranges fitted so far (``calibrate`` at a bit-width fitted before restores them, so switching
+    bits back and forth costs nothing and keeps ranges set by ``set_params``, e.g. the output-aware search).
+    ``forget()`` drops them (needed when the weight itself changes).
     """
 
     kind = "uniform_per_channel"
 
-    def __init__(self, bits: int = 8, minmax: bool = False) -> None:
+    def __init__(self, bits: int = 8, minmax: bool = False, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.bits = int(bits)
         self.enabled = True
         self.minmax = minmax
-        self.scale = nn.Parameter(torch.ones(1), requires_grad=False)
-        self.register_buffer("zero_point", torch.zeros(1))
+        self.scale = nn.Parameter(torch.ones(1, device=device), requires_grad=False)
+        self.register_buffer("zero_point", torch.zeros(1, device=device))
         self.calibrated = False
-        self._fitted: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._fitted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def active(self) -> bool:
@@ -51,11 +56,9 @@ class WeightQuantizer(nn.Module):
         self.calibrated = True
         if self.bits >= FLOAT_BITS:
             return
-        key = (self.bits, self.minmax, weight.data_ptr(), weight._version, tuple(weight.shape))
-        if key in self._fitted:
-            scale, zero = self._fitted[key]
-            self.scale = nn.Parameter(scale.clone(), requires_grad=False)
-            self.zero_point = zero.clone()
+        cached = self._fitted.get(self.bits)
+        if cached is not None and cached[0].shape[0] == weight.shape[0]:
+            self.set_params(*cached)
             return
         w = weight.detach().float().reshape(weight.shape[0], -1)
         view = (-1,) + (1,) * (weight.dim() - 1)
@@ -85,15 +88,30 @@ class WeightQuantizer(nn.Module):
                 best_high = torch.where(better, high, best_high)
         scale = torch.clamp(best_high - best_low, min=1e-8) / qmax
         zero = torch.round(-best_low / scale)
-        self.scale = nn.Parameter(scale.reshape(view).to(weight.dtype), requires_grad=False)
-        self.zero_point = zero.reshape(view).to(weight.dtype)
-        self._fitted[key] = (self.scale.detach().clone(), self.zero_point.clone())
+        self.set_params(scale.reshape(view).to(weight.dtype), zero.reshape(view).to(weight.dtype))
+        self.remember_fit()
+
+    def set_params(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Replace the per-channel scale and zero point (shape ``[out, 1, ...]``, zero points integers)."""
+        self.scale = nn.Parameter(scale.detach().clone(), requires_grad=False)
+        self.zero_point = zero_point.detach().clone()
+        self.calibrated = True
+
+    def remember_fit(self) -> None:
+        """Keep the current scale/zero point as the fitted state of the current bit-width."""
+        self._fitted[self.bits] = (self.scale.detach().clone(), self.zero_point.detach().clone())
+
+    def forget(self) -> None:
+        """Drop the fitted state of every bit-width (the next ``calibrate`` searches again)."""
+        self._fitted = {}
 
     def quantize_at(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
         """Fake-quantized ``weight`` at ``bits`` (cached range search), leaving this quantizer unchanged."""
         if bits >= FLOAT_BITS:
             return weight
         saved = (self.bits, self.scale, self.zero_point, self.calibrated)
+        if bits == self.bits and self.calibrated:
+            return fake_quant_uniform(weight, self.scale, self.zero_point, bits)
         try:
             self.bits = bits
             self.calibrate(weight)

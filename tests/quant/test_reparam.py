@@ -78,7 +78,40 @@ def test_reparameterization_trade_off_mean_vs_mad():
     extreme = wrap_model_(_model_with_outlier_channels(name, outlier_scale=25.0, **kwargs))
     plain, mean, mad = (_w4a4_error(extreme, x, mode) for mode in (None, "mean", "mad"))
     assert mean > 2 * plain
-    assert mad < 0.5 * mean and mad < 1.3 * plain
+    assert mad < 0.35 * mean  # measured 0.27 vs 1.08 (plain 0.22)
+
+
+def test_mad_fold_never_scores_worse_than_no_rescaling_per_layer():
+    """What MOSF guarantees: kappa = inf (no channel rescaled) is a candidate, so each folded layer's output error
+    on the calibration tokens is at most that of leaving its channels unscaled, and at most every other kappa's."""
+    from quant.reparam import KAPPA_GRID, _Collector, _folded_output_error, _ratios
+
+    name, kwargs = CASES["vit"]
+    model = wrap_model_(_model_with_outlier_channels(name, outlier_scale=25.0, **kwargs))
+    set_uniform_bits_(model, 4, 4, head_bits=None)
+    set_quant_enabled_(model, False, False)
+    x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    stats = {}
+    for norm, _ in find_layernorm_pairs(model):
+        stats[norm] = _Collector()
+    handles = [model.get_submodule(n).register_forward_hook(c) for n, c in stats.items()]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    with torch.no_grad():
+        reports = reparameterize_(copy.deepcopy(model), [x], mode="mad")
+    assert any(r.kappa != float("inf") for r in reports)  # the outlier channels are rescaled somewhere
+    for report in reports:
+        collector, linear = stats[report.norm], model.get_submodule(report.linear)
+        low, width = collector.low, torch.clamp(collector.high - collector.low, min=1e-6)
+        tokens = torch.cat(collector.rows)[:1024]
+        weight, bias = linear.weight.detach().float(), linear.bias.detach().float()
+        errors = {k: _folded_output_error(tokens, low, _ratios(width, "mad", k), low.median(), weight, bias, 4, 4)
+                  for k in KAPPA_GRID}
+        # (the fold scored its own random token sample; this one differs by a few percent)
+        assert report.output_mse <= errors[float("inf")] * 1.05, (report, errors)
+        assert report.output_mse <= min(errors.values()) * 1.05, (report, errors)
 
 
 def test_unknown_mode_is_refused():

@@ -39,20 +39,24 @@ def _fitted(quantizer, maps, values):
 @pytest.mark.parametrize("bits", [3, 4, 6], ids=lambda b: f"{b}bit")
 def test_tanq_beats_log2_on_real_attention(attention_pairs, bits):
     tanq_map = log2_map = tanq_out = log2_out = 0.0
-    for maps, values in attention_pairs:
-        tanq = _fitted(TanQuantizer(bits), maps, values)
-        tanq_for_map = _fitted(TanQuantizer(bits, objective="map"), maps, values)
-        log2 = _fitted(Log2Quantizer(bits), maps, values)
+    for all_maps, all_values in attention_pairs:
+        # fit on the first 8 images' attention, score on the other 8 (held out)
+        fit_maps, fit_values, maps, values = all_maps[:8], all_values[:8], all_maps[8:], all_values[8:]
+        tanq = _fitted(TanQuantizer(bits), fit_maps, fit_values)
+        tanq_for_map = _fitted(TanQuantizer(bits, objective="map"), fit_maps, fit_values)
+        log2 = _fitted(Log2Quantizer(bits), fit_maps, fit_values)
         tanq_map += (tanq_for_map(maps) - maps).pow(2).mean().item()
         log2_map += (log2(maps) - maps).pow(2).mean().item()
         reference = maps @ values
         tanq_out += (tanq(maps) @ values - reference).pow(2).mean().item()
         log2_out += (log2(maps) @ values - reference).pow(2).mean().item()
-    # 3 bits: 8 levels; TanQ's searched centre makes it log-like and it still edges out log2. From 4 bits on,
-    # log2's coarse top (nothing between 1/2 and 1) leaves it far behind.
-    margin = 0.8 if bits == 3 else 0.5
+    # Scored on held-out maps. 3 bits: 8 levels; TanQ's searched centre makes it log-like and it is on par with
+    # log2 (measured 1.06x log2's output error held out; it only edged log2 out on the maps it was fitted on).
+    # From 4 bits on, log2's coarse top (nothing between 1/2 and 1) leaves it far behind.
+    margin = 1.15 if bits == 3 else 0.5
     assert tanq_out < margin * log2_out  # error of what the next layer sees (default objective)
-    assert tanq_map < (0.98 if bits == 3 else 0.5) * log2_map  # error of the map itself (map objective)
+    # error of the map itself (map objective); 3 bits held out: 1.14x log2's, so only "on par" is asserted
+    assert tanq_map < (1.25 if bits == 3 else 0.5) * log2_map
 
 
 def test_calibration_keeps_attention_products_for_tanq():
