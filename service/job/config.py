@@ -87,15 +87,16 @@ def build_pipeline_config(
                 arch_kwargs=spec.model.arch_kwargs,
                 weights_path=str(artifact_path(weights)) if weights is not None else None,
             ),
+            # Only the data settings the request gave are passed on, so that a preset can fill the others.
             data=DataSpec(
                 source=source,
                 eval_source=eval_source,
-                num_calibration=data.num_calibration,
-                batch_size=data.batch_size,
+                **{key: getattr(data, key) for key in ("num_calibration", "batch_size") if key in data.model_fields_set},
             ),
             method=spec.method,
             seed=spec.seed,
             device=worker_device if spec.device == "auto" and worker_device else spec.device,
+            preset=spec.preset,
         )
     except ValidationError as exc:
         raise UnprocessableEntity(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -83,6 +83,9 @@ class JobCreate(_Strict):
     method: MethodSpec = Field(default_factory=MethodSpec)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")
+    #: ``quick`` (CPU demos), ``paper`` (the methods at their published settings) or ``auto`` (paper on a CUDA
+    #: worker, quick elsewhere); settings given explicitly in ``method``/``data`` override it (``quant.presets``).
+    preset: Literal["auto", "quick", "paper"] = "auto"
 
 
 class ReallocateRequest(_Strict):

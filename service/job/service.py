@@ -18,7 +18,13 @@ from service.artifact.storage import BlobStore
 from service.auth.service import CurrentTenant
 from service.events.recorder import record_status
 from service.job import pipeline
-from service.job.config import build_pipeline_config, check_artifact_finite, check_device, check_limits
+from service.job.config import (
+    build_pipeline_config,
+    check_artifact_finite,
+    check_device,
+    check_limits,
+    workers_have_cuda,
+)
 from service.job.repository import JobRepository
 from service.job.schemas import JobCreate, ReallocateRequest
 from service.kit.errors import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
@@ -100,6 +106,12 @@ class JobService:
             artifact_path=lambda artifact_id: self.store.blob_path(by_id[artifact_id].sha256),
             data_root=self.settings.data_root,
         )
+        from quant.presets import resolve_preset  # torch: imported when the first job is validated
+
+        device = config.device
+        if device == "auto":
+            device = "cuda" if workers_have_cuda(self.settings) else "cpu"
+        config = resolve_preset(config, device)  # limits and validation see the settings the job will run with
         check_limits(config, self.settings)
         self._warnings = pipeline.validate(config) or []
         return artifacts
@@ -122,7 +134,8 @@ class JobService:
             parent_id=parent.id if parent is not None else None,
             name=spec.name,
             status=JobStatus.QUEUED,
-            spec=spec.model_dump(mode="json"),
+            # What the tenant gave, not the defaults: a preset fills the rest when the job runs (quant.presets).
+            spec=spec.model_dump(mode="json", exclude_unset=True),
             weights_artifact_id=artifact_id("model.weights_artifact_id"),
             data_artifact_id=artifact_id("data.artifact_id"),
             eval_artifact_id=artifact_id("data.eval_artifact_id"),

@@ -368,3 +368,39 @@ def test_the_printed_data_location_hides_database_passwords(tmp_path) -> None:
         )
     )
     assert "s3cret" not in text and "db:5432/mpq" in text and str(tmp_path / "a") in text
+
+
+# ---- presets: the limits bound what the job will run, explicit settings win --------------------------------
+def test_the_paper_preset_is_bounded_by_the_operator_limits(
+    client, session, tenant, settings, inputs, monkeypatch
+) -> None:
+    monkeypatch.setattr(settings, "max_reconstruct_iters", 1000)
+    before = row_counts(session, tenant.name)
+    response = client.post("/v1/jobs", headers=tenant.headers, json=_spec(inputs, preset="paper"))
+    error = _refused(client, session, tenant, settings, response, 422, "limit_exceeded")
+    assert error["details"] == {**error["details"], "field": "method.reconstruct_iters", "value": 20000, "max": 1000}
+    assert row_counts(session, tenant.name) == before
+    # an explicit setting overrides the preset, so the same job with 500 iterations is accepted
+    spec = _spec(inputs, preset="paper", method={"reconstruct_iters": 500})
+    response = client.post("/v1/jobs", headers=tenant.headers, json=spec)
+    assert response.status_code == 202, response.text
+
+
+def test_the_stored_spec_is_what_the_tenant_gave_so_a_preset_fills_the_rest(client, tenant, inputs) -> None:
+    from quant.presets import resolve_preset
+    from service.job.config import build_pipeline_config
+    from service.job.schemas import JobCreate
+
+    spec = _spec(inputs, preset="paper", method={"reconstruct_iters": 300})
+    del spec["data"]["num_calibration"]
+    response = client.post("/v1/jobs", headers=tenant.headers, json=spec)
+    assert response.status_code == 202, response.text
+    stored = response.json()["spec"]
+    assert "reconstruct" not in stored["method"] and "num_calibration" not in stored["data"]
+    config = build_pipeline_config(
+        JobCreate.model_validate(stored), artifact_path=lambda _id: __file__, data_root=None
+    )
+    resolved = resolve_preset(config, "cpu")
+    assert resolved.preset == "paper"
+    assert resolved.method.reconstruct == "fisher_dplr" and resolved.method.reconstruct_iters == 300
+    assert resolved.data.num_calibration == 1024 and resolved.data.batch_size == 4
