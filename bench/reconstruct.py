@@ -2,6 +2,12 @@
 Fisher snapshot's tail-only pass vs a full-model pass, and peak memory.
 
     python bench/reconstruct.py [--img-size 224] [--images 64] [--iters 40] [--blocks 2] [--threads 1]
+    python bench/reconstruct.py --arch vit96 --images 256 --iters 100 --blocks 3   # the held-out ViT size
+
+``--arch vit96`` is a ViT with the built-in ViT's shape (dim 96, depth 6, 3 heads, patch 4, 32x32 images), random
+weights: iterations there are bound by per-op overhead, not by matrix multiplies. To compare two source trees
+under the same conditions, copy this script into the other tree's ``bench/`` and run both (it imports the
+``quant`` package of the tree it lives in).
 
 What is measured (each loss in its own child process, one after the other, so that ``ru_maxrss`` is that run's
 peak resident memory and nothing runs concurrently):
@@ -44,9 +50,18 @@ def _setup(args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=args.img_size).eval()
+    if args.arch == "vit96":
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=args.img_size, patch_size=4,
+                                  embed_dim=96, depth=6, num_heads=3, num_classes=10, global_pool="token").eval()
+    else:
+        model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=args.img_size).eval()
     images = torch.randn(args.images, 3, args.img_size, args.img_size, generator=torch.Generator().manual_seed(1))
-    qmodel, _ = quantize_ptq(model, images, method=args.ptq, wbits=4, abits=4, batch_size=32)
+    import inspect
+
+    # range calibration: "minmax" (the per-tensor MSE/min-max search) by default, so that trees from before the
+    # output-aware search (which have no such option) are compared on the same quantizer layout
+    extra = {"range_search": args.range_search} if "range_search" in inspect.signature(quantize_ptq).parameters else {}
+    qmodel, _ = quantize_ptq(model, images, method=args.ptq, wbits=4, abits=4, batch_size=32, **extra)
     return model, qmodel, images
 
 
@@ -134,7 +149,8 @@ def _interp(points: dict[int, float], n: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--arch", choices=("deit_tiny", "vit96"), default="deit_tiny")
+    parser.add_argument("--img-size", type=int, default=None, help="default 224 (deit_tiny) or 32 (vit96)")
     parser.add_argument("--images", type=int, default=64, help="optimisation images (random normal)")
     parser.add_argument("--fisher-images", type=int, default=64)
     parser.add_argument("--iters", type=int, default=40)
@@ -142,9 +158,12 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=2, help="reconstruct the first N blocks")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ptq", default="dopq")
+    parser.add_argument("--range-search", default="minmax", help="quantize_ptq range_search (where supported)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.snapshot_blocks = (0, 4, 8, 12)
+    if args.img_size is None:
+        args.img_size = 32 if args.arch == "vit96" else 224
+    args.snapshot_blocks = (0, 4, 8, 12) if args.arch == "deit_tiny" else (0, 2, 4, 6)
     if args.child is not None:
         result = _child_snapshot(args) if args.child == "snapshot" else _child_reconstruct(args)
         print(json.dumps(result))
@@ -153,7 +172,8 @@ def main() -> None:
     runs = {loss: _run_child(loss, args) for loss in ("mse", "fisher_dplr")}
     snap = _run_child("snapshot", args)
 
-    print(f"deit_tiny_patch16_224 (random weights, img_size={args.img_size}), W4A4 dopq, {args.images} images, "
+    arch = "deit_tiny_patch16_224" if args.arch == "deit_tiny" else "ViT dim 96 depth 6 patch 4"
+    print(f"{arch} (random weights, img_size={args.img_size}), W4A4 dopq, {args.images} images, "
           f"batch 32, {args.iters} iterations/block, k={args.rank}, {args.fisher_images} Fisher images, "
           f"{args.threads} thread(s). CPU = this process's CPU time (steady on a shared machine); wall in brackets.\n")
     print("| block | mse ms/iter | dplr ms/iter | of which snapshots | dplr / mse (CPU) | dplr / mse (wall) |")

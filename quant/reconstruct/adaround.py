@@ -42,6 +42,7 @@ class AdaRoundWeight(nn.Module):
         # h(alpha) = rest  <=>  sigmoid(alpha) = (rest - gamma) / (zeta - gamma)
         self.alpha = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0))
         self.soft = True
+        self._last_h: torch.Tensor | None = None  # h() of the latest soft forward, reused by ``regularizer``
         self.original = [quantizer]  # a list, so the quantizer is not registered as a submodule twice
 
     def __getattr__(self, name: str):
@@ -58,13 +59,20 @@ class AdaRoundWeight(nn.Module):
         """Soft rounding offsets in [0, 1]."""
         return torch.clamp(torch.sigmoid(self.alpha) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
-    def regularizer(self, beta: float) -> torch.Tensor:
-        """``sum(1 - |2 h - 1|^beta)``: zero when every offset is exactly 0 or 1."""
-        return (1.0 - (2.0 * self.h() - 1.0).abs().pow(beta)).sum()
+    def regularizer(self, beta: float | torch.Tensor) -> torch.Tensor:
+        """``sum(1 - |2 h - 1|^beta)``: zero when every offset is exactly 0 or 1. ``beta``: a float or a 0-dim
+        tensor on the device. Reuses ``h`` of the latest soft forward pass (same iteration), else recomputes it."""
+        h, self._last_h = self._last_h, None
+        if h is None:
+            h = self.h()
+        return (1.0 - (2.0 * h - 1.0).abs().pow(beta)).sum()
 
     def codes(self, soft: bool) -> torch.Tensor:
         """Integer codes in [0, qmax] (float tensor; soft codes are fractional)."""
-        offset = self.h() if soft else (self.alpha >= 0).to(self.floor.dtype)
+        if soft:
+            offset = self._last_h = self.h()
+        else:
+            offset = (self.alpha >= 0).to(self.floor.dtype)
         return torch.clamp(self.floor + offset + self.zero_point, 0, 2**self.bits - 1)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:

@@ -25,12 +25,21 @@ Choices where the paper is silent (documented here and in the report): the learn
 schedule length (``round_lr = 1e-3 * max(1, 2000 / iters)``, ``act_lr = 4e-5 * max(1, 2000 / iters)``, the paper's values
 at 2000+ iterations), Fisher snapshots use ``fisher_images`` (default 64) of the optimisation images, chosen once
 per run with the seed.
+
+Devices: everything the loop creates lives on the models' device; the loop has no host syncs (the training loss
+is summed on the device and read once per block). On CUDA the fixed-shape training step (forward and loss, and
+its backward) runs under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) with an eager fallback, QDrop
+masks come from the device RNG (seeded per block inside ``torch.random.fork_rng``), and Fisher snapshots run as
+one batch of all snapshot images. On the CPU the step is eager and masks are windows of a per-block pool
+(``qdrop.MaskSource``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -42,17 +51,54 @@ from torch import nn
 
 from ..wrap import quant_layers, set_quant_enabled_
 from .adaround import BetaSchedule, attach_adaround, detach_adaround
+from .allocator import tune_cpu_allocator
 from .blocks import Block, block_quant_layers, discover_blocks, map_batches, run_blocks
 from .checkpoint import BlockCheckpoint, tensor_digest
 from .fisher import fisher_snapshot
 from .losses import FISHER_LOSSES, FisherState, kl_loss, mse_loss
 from .options import BlockReport, ReconstructOptions, ReconstructReport, validate_options
-from .qdrop import TrainingActivations, keep_mask
+from .qdrop import MaskSource, TrainingActivations
 
 __all__ = ["reconstruct_"]
 
+_log = logging.getLogger(__name__)
+
 #: progress(fraction in [0, 1], message)
 Progress = Callable[[float, str], None]
+
+
+def _adam_kwargs(device: torch.device) -> dict:
+    """One fused Adam kernel per parameter group (CPU and CUDA) where this torch has it."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {}
+
+
+def _compile_mode(device: torch.device, setting: str) -> bool:
+    if setting == "auto":
+        return device.type == "cuda" and os.environ.get("MPQ_RECONSTRUCT_COMPILE", "1") != "0"
+    return setting == "on"
+
+
+def _maybe_compile(fn: Callable, device: torch.device, setting: str) -> Callable:
+    """``fn`` compiled with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: the fixed-shape forward and
+    backward replay as captured graphs) when ``setting`` is ``on``, or ``auto`` on a CUDA device; otherwise ``fn``.
+    If compilation fails at the first call, the eager ``fn`` is used from then on (the failure is logged)."""
+    if not _compile_mode(device, setting):
+        return fn
+    compiled = torch.compile(fn, mode="reduce-overhead" if device.type == "cuda" else "default", dynamic=False)
+    state = {"fn": compiled}
+
+    def call(*args):
+        try:
+            out = state["fn"](*args)
+            return out.clone() if state["fn"] is compiled else out  # cudagraph outputs are overwritten on replay
+        except Exception as exc:  # any compiler failure: fall back to the eager step
+            if state["fn"] is fn:
+                raise
+            _log.warning("torch.compile of the reconstruction step failed (%s); using eager mode", exc)
+            state["fn"] = fn
+            return fn(*args)
+
+    return call
 
 
 def _block_seed(seed: int, index: int) -> int:
@@ -115,9 +161,13 @@ def _round_to_nearest_(layers, names) -> None:
 class _Run:
     """State shared by the blocks of one call."""
 
-    def __init__(self, qmodel, float_model, images, options, device, progress):
+    def __init__(self, qmodel, float_model, images, options, device, progress, compile_setting="auto"):
         self.qmodel, self.float_model, self.images = qmodel, float_model, images
         self.options, self.device, self.progress = options, device, progress
+        self.compile = compile_setting
+        # Fisher snapshots: one batch of all snapshot images on a GPU (few, large launches), else the batch size
+        self.snapshot_batch = max(options.fisher_images, options.batch_size) if device.type == "cuda" \
+            else options.batch_size
         self.qblocks = discover_blocks(qmodel)
         self.fblocks = discover_blocks(float_model)
         if [b.name for b in self.qblocks] != [b.name for b in self.fblocks]:
@@ -134,7 +184,8 @@ class _Run:
         opts = self.options
         n = len(self.images)
         gen = torch.Generator(device="cpu").manual_seed(_block_seed(opts.seed, -1))
-        idx = torch.randperm(n, generator=gen)[: min(opts.fisher_images, n)].sort().values
+        # drawn on the CPU on purpose: the same snapshot images on every device
+        idx = torch.randperm(n, generator=gen, device="cpu")[: min(opts.fisher_images, n)].sort().values
         self.fisher_idx = idx.to(self.device)
         logits = map_batches(self.float_model, self.images[self.fisher_idx], opts.batch_size)
         self.target_log_probs = F.log_softmax(logits / opts.temperature, dim=-1)
@@ -146,73 +197,79 @@ class _Run:
         layers = block_quant_layers(self.qmodel, qblock)
         out_before = map_batches(qblock.forward, x_q, opts.batch_size)
         saved = {k: v.clone() for k, v in _block_state(self.qmodel, qblock).items()}
-        gen = torch.Generator(device=self.device).manual_seed(_block_seed(opts.seed, index))
+        seed = _block_seed(opts.seed, index)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        masks = MaskSource(opts.drop_prob, seed, self.device)
         attached = attach_adaround(layers)
-        qdrop = TrainingActivations(layers, opts.drop_prob, gen)
+        qdrop = TrainingActivations(layers, opts.drop_prob, masks)
         scales = qdrop.scales
         for scale in scales:
             scale.requires_grad_(True)
-        w_opt = torch.optim.Adam([a.alpha for a in attached.values()], lr=opts.resolved_round_lr) if attached else None
-        a_opt = torch.optim.Adam(scales, lr=opts.resolved_act_lr) if scales else None
-        a_sched = torch.optim.lr_scheduler.CosineAnnealingLR(a_opt, T_max=opts.iters, eta_min=0.0) if a_opt else None
+        groups = ([{"params": [a.alpha for a in attached.values()], "lr": opts.resolved_round_lr}] if attached else [])
+        groups += [{"params": scales, "lr": opts.resolved_act_lr}] if scales else []
+        optimizer = torch.optim.Adam(groups, **_adam_kwargs(self.device)) if groups else None
+        act_group = optimizer.param_groups[-1] if scales else None
         beta = BetaSchedule(opts.iters, opts.warmup, opts.beta_start, opts.beta_end)
         use_fisher = self.fisher and not head
         state = FisherState(opts.loss, opts.ridge) if use_fisher else None
         snap_at = {math.floor(j * opts.iters / opts.rank) for j in range(opts.rank)} if use_fisher else set()
         tail = self.fblocks[index + 1:]
-        snapshot_seconds, snapshot_cpu, losses = 0.0, 0.0, []
+        snapshot_seconds, snapshot_cpu = 0.0, 0.0
         n, batch = len(x_q), min(opts.batch_size, len(x_q))
         every = max(opts.iters // 10, 1)
         iters = opts.iters if attached or scales else 0  # nothing to learn (e.g. a float block): no training
+        tail_from = opts.iters - max(opts.iters // 10, 1)
+        loss_sum = torch.zeros((), device=self.device)  # training loss of the last 10 %, summed on the device
+        mix = opts.drop_prob < 1.0
+
+        def block_loss(xq: torch.Tensor, xf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            x = torch.lerp(xf, xq, masks(xq.shape, xq.dtype)) if mix else xq
+            out = qblock.forward(x)
+            if head:
+                return kl_loss(out, target)
+            return state(out, target) if use_fisher else mse_loss(out, target)
+
+        step_loss = _maybe_compile(block_loss, self.device, self.compile)
         finished = False
+        rng = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [],
+                                    enabled=self.device.type != "cpu")
         try:
-            for it in range(iters):
-                if it in snap_at:
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    with qdrop.paused():
-                        g, delta = fisher_snapshot(
-                            qblock.forward, lambda z: run_blocks(tail, z), x_q[self.fisher_idx],
-                            y_fp[self.fisher_idx], self.target_log_probs,
-                            temperature=opts.temperature, batch_size=opts.batch_size,
-                        )
-                    state.add(g, delta)
-                    snapshot_seconds += time.perf_counter() - t0
-                    snapshot_cpu += time.process_time() - c0
-                idx = torch.randperm(n, generator=gen, device=self.device)[:batch]
-                xq, xf, target = x_q[idx], x_fp[idx], y_fp[idx]
-                if opts.drop_prob < 1.0:
-                    x = torch.lerp(xf, xq, keep_mask(xq.shape, opts.drop_prob, gen, self.device))
-                else:
-                    x = xq
-                out = qblock.forward(x)
-                if head:
-                    rec = kl_loss(out, target)
-                elif use_fisher:
-                    rec = state(out, target)
-                else:
-                    rec = mse_loss(out, target)
-                total = rec
-                if attached and beta.active(it):
-                    b = beta(it)
-                    total = total + opts.round_weight * sum(a.regularizer(b) for a in attached.values())
-                if w_opt:
-                    w_opt.zero_grad(set_to_none=True)
-                if a_opt:
-                    a_opt.zero_grad(set_to_none=True)
-                if total.requires_grad:
-                    total.backward()
-                    if w_opt:
-                        w_opt.step()
-                    if a_opt:
-                        a_opt.step()
-                if a_sched:
-                    a_sched.step()
-                if it >= opts.iters - max(opts.iters // 10, 1):
-                    losses.append(rec.item())
-                if (it + 1) % every == 0:
-                    self.report_progress(index, (it + 1) / opts.iters,
-                                         f"block {index + 1}/{len(self.qblocks)} {qblock.name}: "
-                                         f"iteration {it + 1}/{opts.iters}")
+            with rng:
+                if self.device.type == "cuda":
+                    torch.cuda.manual_seed(seed)  # QDrop masks (device RNG), restored on exit
+                for it in range(iters):
+                    if it in snap_at:
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        with qdrop.paused():
+                            g, delta = fisher_snapshot(
+                                qblock.forward, lambda z: run_blocks(tail, z), x_q[self.fisher_idx],
+                                y_fp[self.fisher_idx], self.target_log_probs,
+                                temperature=opts.temperature, batch_size=self.snapshot_batch,
+                            )
+                        state.add(g, delta)
+                        snapshot_seconds += time.perf_counter() - t0
+                        snapshot_cpu += time.process_time() - c0
+                    idx = torch.randperm(n, generator=gen, device=self.device)[:batch]
+                    # the iteration that sets new Fisher normalisers runs eagerly (they must not live in a graph)
+                    fn = block_loss if use_fisher and state.renormalize else step_loss
+                    rec = fn(x_q[idx], x_fp[idx], y_fp[idx])
+                    total = rec
+                    if attached and beta.active(it):
+                        b = beta(it)
+                        total = total + opts.round_weight * sum(a.regularizer(b) for a in attached.values())
+                    if optimizer is not None:
+                        optimizer.zero_grad(set_to_none=True)
+                    if total.requires_grad:
+                        total.backward()
+                        optimizer.step()
+                    if act_group is not None:  # cosine decay of the activation-scale learning rate to 0
+                        act_group["lr"] = opts.resolved_act_lr * 0.5 * (1.0 + math.cos(math.pi * (it + 1) / opts.iters))
+                    if it >= tail_from:
+                        loss_sum += rec.detach()
+                    if (it + 1) % every == 0:
+                        self.report_progress(index, (it + 1) / opts.iters,
+                                             f"block {index + 1}/{len(self.qblocks)} {qblock.name}: "
+                                             f"iteration {it + 1}/{opts.iters}")
             finished = True
         finally:
             qdrop.remove()
@@ -225,6 +282,7 @@ class _Run:
                 for name, ada in attached.items():
                     layers[name].weight_quantizer = ada.original[0]
                 _restore(self.qmodel, saved)
+        losses_counted = max(iters - tail_from, 0) if iters else 0
         out_after = map_batches(qblock.forward, x_q, opts.batch_size)
         objective = _objective(head, state)
         with torch.no_grad():
@@ -240,7 +298,7 @@ class _Run:
             metric="kl" if head else "mse", error_before=_error(out_before, y_fp, head),
             error_after=_error(out_after, y_fp, head), objective_before=float(before),
             objective_after=float(after), kept=kept,
-            train_loss=sum(losses) / max(len(losses), 1), iters=iters,
+            train_loss=float(loss_sum) / max(losses_counted, 1), iters=iters,
             seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start,
             snapshot_seconds=snapshot_seconds, snapshot_cpu_seconds=snapshot_cpu,
             snapshots=state.rank if state is not None else 0, rounded_layers=len(attached),
@@ -278,6 +336,7 @@ def reconstruct_(
     round_lr: float | None = None,
     act_lr: float | None = None,
     ridge: float = 1e-6,
+    compile: str = "auto",
 ) -> ReconstructReport:
     """Reconstruct ``qmodel`` block by block, in place, and return a report.
 
@@ -289,6 +348,8 @@ def reconstruct_(
     total (``complete`` is then False; the model is partly reconstructed). device: ``auto`` = the models' device,
     otherwise both models are moved there. progress(fraction, message) is called ~10 times per block; an
     exception raised from it aborts the run, leaving the unfinished block as it was.
+    compile: ``auto`` (default: on CUDA, the training step runs under ``torch.compile(mode="reduce-overhead")``,
+    i.e. as CUDA graphs, with an eager fallback; ``MPQ_RECONSTRUCT_COMPILE=0`` turns it off), ``on`` or ``off``.
 
     On return every weight is a point of its quantizer's integer grid, learned activation scales are kept, all
     quantizers are enabled, the model is in eval mode and no parameter requires grad.
@@ -310,7 +371,11 @@ def reconstruct_(
     for p, _ in float_flags:
         p.requires_grad_(False)
     images = images.to(dev, torch.float32)
-    run = _Run(qmodel, float_model, images, options, dev, progress)
+    if dev.type == "cpu":
+        tune_cpu_allocator()  # keep freed activation blocks in the heap (no page faults per iteration)
+    if compile not in ("auto", "on", "off"):
+        raise ValueError(f"compile must be 'auto', 'on' or 'off'; got {compile!r}")
+    run = _Run(qmodel, float_model, images, options, dev, progress, compile)
     report = ReconstructReport(options=asdict(options), total_blocks=len(run.qblocks), device=str(dev),
                                images=len(images))
     try:

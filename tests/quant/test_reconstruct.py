@@ -167,13 +167,17 @@ def test_learned_activation_scales_are_kept(setup):
 
 def test_same_seed_same_weights_other_seed_differs(setup):
     _arch, model, qmodel, images = setup
-    runs = []
+    runs, reports = [], []
     for seed in (0, 0, 1):
         q = copy.deepcopy(qmodel)
-        reconstruct_(q, model, images, loss="mse", iters=8, batch_size=16, seed=seed, max_blocks=2)
+        report = reconstruct_(q, model, images, loss="mse", iters=8, batch_size=16, seed=seed, max_blocks=2)
         runs.append(_weights(q))
+        reports.append([b.train_loss for b in report.blocks])
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
-    assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+    assert reports[0] == reports[1]
+    # another seed draws other batches and QDrop masks (its weights may still coincide when both runs keep the
+    # PTQ block, so the training losses are compared)
+    assert reports[0] != reports[2]
 
 
 @pytest.mark.parametrize("stop", ["callback", "max_blocks"])
@@ -217,11 +221,16 @@ def test_reconstruction_lowers_block_errors_and_kl_at_w3a3(vit_w3a3):
         report = reconstruct_(q, model, images, loss=loss, iters=60, rank=3, batch_size=16)
         results[loss] = (report, _kl_to_float(q, model, images))
     mse_report, mse_kl = results["mse"]
+    # objective_after is the hard-rounded reconstructed block's objective, measured before the PTQ fallback
+    # decides which block to keep: these are real improvements, not guaranteed by the fallback
+    # (measured: -4 %, -10 %, -12 %, -10 %)
     for block in mse_report.blocks:
-        assert block.error_after <= block.error_before, block
-    assert sum(b.kept == "reconstructed" and b.error_after < b.error_before for b in mse_report.blocks) >= 3
-    assert mse_kl < kl_ptq
-    assert results["fisher_dplr"][1] < kl_ptq
+        assert block.objective_after < block.objective_before, block
+    assert sum(b.objective_after < 0.95 * b.objective_before for b in mse_report.blocks) >= 3
+    assert all(b.kept == "reconstructed" for b in mse_report.blocks)
+    # whole-model KL to the float model (measured: PTQ 0.215, mse 0.132, fisher_dplr 0.118)
+    assert mse_kl < 0.8 * kl_ptq
+    assert results["fisher_dplr"][1] < 0.8 * kl_ptq
 
 
 @pytest.mark.parametrize("loss", LOSSES)
