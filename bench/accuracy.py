@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quant.config import DataSpec, MethodSpec, ModelSpec, PipelineConfig  # noqa: E402
-from quant.pipeline import InMemoryStageStore, run_pipeline  # noqa: E402
+from quant.config import DataSpec, MethodSpec, ModelSpec, PipelineConfig
+from quant.pipeline import InMemoryStageStore, run_pipeline
 
 BITS = ((8, 8), (6, 6), (4, 4), (3, 3))
 METHODS = ("minmax", "repq", "dopq")

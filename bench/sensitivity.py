@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import quant  # noqa: E402,F401  (first: sets OMP_WAIT_POLICY before torch loads)
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import timm
+import torch
+import torch.nn.functional as F
 
-from quant.ptq import quantize_ptq  # noqa: E402
-from quant.sensitivity import compute_sensitivity  # noqa: E402
+import quant  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+from quant.ptq import quantize_ptq
+from quant.sensitivity import compute_sensitivity
 
 
 def plain_pass(model, images, labels, batch):

@@ -15,11 +15,11 @@ __all__ = [
     "ALLOWED_ABITS",
     "ALLOWED_WBITS",
     "BUDGET_KEYS",
+    "STAGES",
     "DataSpec",
     "MethodSpec",
     "ModelSpec",
     "PipelineConfig",
-    "STAGES",
 ]
 
 #: Bit-widths a weight quantizer accepts (16 means "not quantized").

@@ -33,9 +33,8 @@ neighbouring codes; on the vit-digits test split that is a handful of images at 
 
 from __future__ import annotations
 
-import math
-
 import copy
+import math
 import warnings
 from pathlib import Path
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ActivationQuantizer", "round_ste", "FLOAT_BITS"]
+__all__ = ["FLOAT_BITS", "ActivationQuantizer", "round_ste"]
 
 #: Bit-width that means "keep float" (no quantization).
 FLOAT_BITS = 16

@@ -398,7 +398,17 @@ def reconstruct_(
             x_q = map_batches(run.qblocks[i].forward, x_q, batch_size)
         for i in range(done, stop):
             y_fp = map_batches(run.fblocks[i].forward, x_fp, batch_size)
-            block_report = run.reconstruct_block(i, x_q, x_fp, y_fp)
+            try:
+                block_report = run.reconstruct_block(i, x_q, x_fp, y_fp)
+            except RuntimeError as exc:
+                # A compiled step can also fail after its first call (e.g. in a CUDA-graph replay during backward);
+                # the interrupted block was put back as it was, so it is trained again eagerly. Out of memory
+                # is the job's to report, not a compiler failure.
+                if not _compile_mode(run.device, run.compile) or isinstance(exc, torch.OutOfMemoryError):
+                    raise
+                _log.warning("compiled reconstruction of block %d failed (%s); retrying it eagerly", i, exc)
+                run.compile = "off"
+                block_report = run.reconstruct_block(i, x_q, x_fp, y_fp)
             report.blocks.append(block_report)
             if ckpt:
                 ckpt.save_block(i, _block_state(qmodel, run.qblocks[i]), fingerprint,

@@ -305,3 +305,37 @@ def test_invalid_arguments(setup, kwargs, message):
 def test_unsupported_architecture_is_refused():
     with pytest.raises(ValueError, match="supports timm VisionTransformer"):
         discover_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_a_compiled_step_failing_after_its_first_call_retrains_the_block_eagerly(setup, monkeypatch, caplog):
+    """A compiled step that breaks later (e.g. a CUDA-graph replay in backward) must not fail the job: the block
+    is put back as it was and trained again eagerly, giving exactly the eager result."""
+    from quant.reconstruct import engine
+
+    _arch, model, qmodel, images = setup
+    eager = copy.deepcopy(qmodel)
+    eager_report = reconstruct_(eager, model, images, loss="mse", iters=8, batch_size=16, max_blocks=2,
+                                compile="off")
+    calls = {"compiled": 0}
+
+    def flaky_compile(fn, device, setting):
+        if setting == "off":
+            return fn
+
+        def step(*args):
+            calls["compiled"] += 1
+            if calls["compiled"] == 3:  # fails mid-block, after some optimiser steps changed the weights
+                raise RuntimeError("CUDA graph replay failed")
+            return fn(*args)
+        return step
+
+    monkeypatch.setattr(engine, "_maybe_compile", flaky_compile)
+    retried = copy.deepcopy(qmodel)
+    with caplog.at_level("WARNING"):
+        report = reconstruct_(retried, model, images, loss="mse", iters=8, batch_size=16, max_blocks=2,
+                              compile="on")
+    assert calls["compiled"] == 3
+    assert "retrying it eagerly" in caplog.text
+    assert [b.train_loss for b in report.blocks] == [b.train_loss for b in eager_report.blocks]
+    eager_w, retried_w = _weights(eager), _weights(retried)
+    assert all(torch.equal(eager_w[k], retried_w[k]) for k in eager_w)

@@ -7,7 +7,12 @@ import timm
 import torch
 
 from quant.wrap import (
-    quant_layers, quantization_map, set_bits_, set_quant_enabled_, set_uniform_bits_, wrap_model_,
+    quant_layers,
+    quantization_map,
+    set_bits_,
+    set_quant_enabled_,
+    set_uniform_bits_,
+    wrap_model_,
 )
 
 ARCHS = {

@@ -22,7 +22,6 @@ from service.auth.service import create_key
 from service.kit.db import make_engine, make_session_factory
 from service.models import Artifact, Job, JobStage, Tenant
 from service.settings import Settings
-
 from tests.components import missing_component
 
 PG_SERVER = os.environ.get("MPQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -24,9 +24,9 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.auth.service import create_key
 from service.settings import Settings
+from tests.components import missing_component
 
 from .conftest import drop_pg_schema, make_pg_schema_url
-from tests.components import missing_component
 from .helpers import TINY_VIT, TINY_VIT_IMAGE, TINY_VIT_KWARGS, images_bytes, tiny_vit_weights, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
