@@ -6,7 +6,8 @@ PYTHON ?= python3
 export OMP_WAIT_POLICY ?= PASSIVE
 VENV := .venv
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?=
+# two workers, a test module per worker (module fixtures such as the E2E server stay together)
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: serve test bench install
 
