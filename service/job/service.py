@@ -97,7 +97,8 @@ class JobService:
             if artifact_id is not None
         }
 
-    def _validate(self, tenant: CurrentTenant, spec: JobCreate) -> dict[str, Artifact]:
+    def _validate(self, tenant: CurrentTenant, spec: JobCreate) -> tuple[dict[str, Artifact], list[dict]]:
+        """The artifacts ``spec`` names (by field) and the validation's warnings; raises what makes it a 4xx."""
         check_device(spec.device, self.settings)
         artifacts = self._resolve(tenant, spec)
         by_id = {artifact.id: artifact for artifact in artifacts.values()}
@@ -113,14 +114,14 @@ class JobService:
             device = "cuda" if workers_have_cuda(self.settings) else "cpu"
         config = resolve_preset(config, device)  # limits and validation see the settings the job will run with
         check_limits(config, self.settings)
-        self._warnings = pipeline.validate(config) or []
-        return artifacts
+        return artifacts, pipeline.validate(config) or []
 
     def _insert(
         self,
         tenant: CurrentTenant,
         spec: JobCreate,
         artifacts: dict[str, Artifact],
+        warnings: list[dict],
         *,
         parent: Job | None = None,
         reused: dict[str, tuple[dict[str, Any], uuid.UUID]] | None = None,
@@ -140,7 +141,7 @@ class JobService:
             data_artifact_id=artifact_id("data.artifact_id"),
             eval_artifact_id=artifact_id("data.eval_artifact_id"),
             message="queued",
-            warnings=list(getattr(self, "_warnings", None) or []) or None,
+            warnings=list(warnings) or None,
         )
         self.jobs.add(job, reused=reused)
         record_status(self.session, job.id, JobStatus.QUEUED, "queued")
@@ -166,8 +167,8 @@ class JobService:
 
     def create(self, tenant: CurrentTenant, spec: JobCreate) -> Job:
         """Validate ``spec`` against the pipeline and queue it."""
-        artifacts = self._validate(tenant, spec)
-        return self._insert(tenant, spec, artifacts)
+        artifacts, warnings = self._validate(tenant, spec)
+        return self._insert(tenant, spec, artifacts, warnings)
 
     # ---- read ----------------------------------------------------------------------------------------------
     def get(self, tenant: CurrentTenant, job_id: uuid.UUID) -> Job:
@@ -262,6 +263,6 @@ class JobService:
                 code="invalid_budget",
                 details={"loc": [str(part) for part in first["loc"]]},
             ) from exc
-        artifacts = self._validate(tenant, spec)
+        artifacts, warnings = self._validate(tenant, spec)
         origin = stage.reused_from or parent.id
-        return self._insert(tenant, spec, artifacts, parent=parent, reused={"sensitivity": (output, origin)})
+        return self._insert(tenant, spec, artifacts, warnings, parent=parent, reused={"sensitivity": (output, origin)})
