@@ -19,7 +19,12 @@ so a built-in model's bundle does not depend on the shipped float weights), the 
 per-layer settings (component, ``wbits``/``abits``, weight quantizer kind/bits/enabled/shape/storage and each
 activation quantizer's kind/bits/enabled/granularity plus its parameters for reading) and the library versions.
 
-``load_quantized`` rebuilds the architecture, wraps it with the same recipe and sets every weight to the
+Deployment targets (models wrapped with ``target="onnxruntime-cpu"``): ``quant_config.json`` also holds ``target`` and
+``block_size`` (absent: ``sim``), a block-wise weight entry its ``block_size`` (scales ``[out, n_blocks, 1]``, zero
+points ``out * n_blocks`` codes, weight codes of the unpadded [out, K] weight), a symmetric one ``symmetric: true``,
+and an activation entry ``dynamic_block`` / ``include_zero`` when set.
+
+``load_quantized`` rebuilds the architecture, wraps it with the same recipe (and target) and sets every weight to the
 dequantized ``(codes - zero) * scale`` computed exactly as the fake quantizer computes it; the (still active)
 weight quantizer maps that grid point back onto itself, so the rebuilt model's logits are bit-identical to the
 saved in-memory model's on the same device. Loading validates everything and raises :class:`BundleError` with a
@@ -42,7 +47,8 @@ from . import __version__
 from .modules import QuantLayer
 from .packing import PACKING, pack_codes, packed_nbytes, unpack_codes
 from .quantizers import FLOAT_BITS, ActivationQuantizer, UniformQuantizer
-from .wrap import quant_layers, wrap_model_
+from .quantizers.weight import block_view, n_blocks
+from .wrap import model_target, quant_layers, wrap_model_
 
 __all__ = ["BUNDLE_FORMAT_VERSION", "BundleError", "bundle_sizes", "load_quantized", "save_bundle"]
 
@@ -58,25 +64,36 @@ class BundleError(ValueError):
 
 
 # ---- saving ----------------------------------------------------------------------------------------------
+def _param_shape(shape: tuple[int, ...], block_size: int | None) -> tuple[int, ...]:
+    """Shape of a weight's scales/zero points: per channel ``[out, 1, ...]``, block-wise ``[out, n_blocks, 1]``."""
+    if block_size is not None:
+        return (shape[0], n_blocks(shape[-1], block_size), 1)
+    return (shape[0],) + (1,) * (len(shape) - 1)
+
+
 def _packed_weight(name: str, layer: QuantLayer) -> tuple[dict[str, torch.Tensor], dict]:
     """The three tensors of an active weight quantizer and its config entry; checks they reproduce it exactly."""
     quantizer, weight = layer.weight_quantizer, layer.weight.detach()
     bits = int(quantizer.bits)
+    block_size = getattr(quantizer, "block_size", None)
     if not 1 <= bits <= 8:
         raise BundleError(f"layer {name!r}: weight bits {bits} cannot be packed (use 2..8, or 16 for float)")
     if not quantizer.calibrated:
         raise BundleError(f"layer {name!r}: weight quantizer is not calibrated; calibrate the model before saving")
+    if block_size is not None and weight.dim() != 2:
+        raise BundleError(f"layer {name!r}: block-wise weights need a 2-D weight, got {list(weight.shape)}")
     scale, zero = quantizer.scale.detach(), quantizer.zero_point.detach()
-    view = (weight.shape[0],) + (1,) * (weight.dim() - 1)
+    view = _param_shape(tuple(weight.shape), block_size)
     if tuple(scale.shape) != view or tuple(zero.shape) != view:
+        layout = f"block-wise (block_size {block_size})" if block_size is not None else "per-channel"
         raise BundleError(f"layer {name!r}: weight scale/zero point have shapes {tuple(scale.shape)}/"
-                          f"{tuple(zero.shape)}, expected per-channel {view}")
+                          f"{tuple(zero.shape)}, expected {layout} {view}")
     qmax = 2**bits - 1
     if not torch.equal(zero, zero.round()) or float(zero.min()) < 0 or float(zero.max()) > qmax:
         raise BundleError(f"layer {name!r}: weight zero points must be integers in [0, {qmax}]")
     with torch.no_grad():
         codes = quantizer.integer_weight(weight)
-        if not torch.equal(_dequantize(codes, scale, zero), quantizer(weight)):
+        if not torch.equal(_dequantize(codes, scale, zero, block_size), quantizer(weight)):
             raise BundleError(f"layer {name!r}: the weight quantizer's output is not (codes - zero) * scale; "
                               "this quantizer cannot be stored as integer codes")
     tensors = {
@@ -86,17 +103,28 @@ def _packed_weight(name: str, layer: QuantLayer) -> tuple[dict[str, torch.Tensor
     }
     entry = {"kind": quantizer.kind, "bits": bits, "enabled": True, "stored": "packed", "packing": PACKING,
              "shape": list(weight.shape), "dtype": str(weight.dtype).removeprefix("torch.")}
+    if block_size is not None:
+        entry["block_size"] = int(block_size)
+    elif getattr(quantizer, "symmetric", False):
+        entry["symmetric"] = True
     return tensors, entry
 
 
-def _dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """``(codes - zero) * scale`` in the scale's dtype: the same float operations as ``fake_quant_uniform``."""
-    return (codes.to(scale.dtype) - zero) * scale
+def _dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                block_size: int | None = None) -> torch.Tensor:
+    """``(codes - zero) * scale`` in the scale's dtype: the same float operations as ``fake_quant_uniform``
+    (block-wise: on the zero-padded [out, n_blocks, block_size] view, cropped back to [out, K])."""
+    if block_size is None:
+        return (codes.to(scale.dtype) - zero) * scale
+    blocks = block_view(codes.to(scale.dtype), block_size)
+    return ((blocks - zero) * scale).reshape(codes.shape[0], -1)[:, : codes.shape[1]]
 
 
 def _activation_entry(quantizer, offset: int) -> dict:
     entry = quantizer.describe()
     entry.update(bits=int(quantizer.bits), enabled=bool(quantizer.enabled), offset=offset)
+    if getattr(quantizer, "include_zero", False):
+        entry["include_zero"] = True
     return entry
 
 
@@ -185,6 +213,7 @@ def save_bundle(
     directory = Path(directory)
     tensors, layers = _bundle_contents(model)
     model_entry = _model_entry(model_spec)
+    target, block_size = model_target(model)
     directory.mkdir(parents=True, exist_ok=True)
     _write_safetensors(tensors, directory / MODEL_FILE)
     config = {
@@ -193,6 +222,7 @@ def save_bundle(
         "model": model_entry,
         "recipe": {"softmax": recipe["softmax"], "minmax": bool(recipe["minmax"])},
         "packing": PACKING,
+        **({"target": target, "block_size": block_size} if target != "sim" else {}),
         "layers": layers,
         "versions": {"mpq": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "safetensors": safetensors.__version__},
@@ -267,9 +297,13 @@ def _load_packed_weight(model: nn.Module, name: str, layer: QuantLayer, entry: d
     if shape != expected:
         raise BundleError(f"{CONFIG_FILE}: layer {name!r} weight shape {list(shape)} does not match the "
                           f"architecture's {list(expected)}")
+    block_size = entry.get("block_size")
+    if block_size is not None and (not isinstance(block_size, int) or block_size < 1 or len(expected) != 2):
+        raise BundleError(f"{CONFIG_FILE}: layer {name!r} has an invalid weight block_size {block_size!r}")
     dtype = layer.weight.dtype
-    view = (expected[0],) + (1,) * (len(expected) - 1)
+    view = _param_shape(expected, block_size)
     numel = int(torch.Size(expected).numel())
+    n_zero = int(torch.Size(view).numel())
     key = f"{name}.{_CODES}"
     codes = _take(tensors, key)
     _check(codes, key, (packed_nbytes(numel, bits),), torch.uint8)
@@ -278,14 +312,15 @@ def _load_packed_weight(model: nn.Module, name: str, layer: QuantLayer, entry: d
     _check(scale, key, view, dtype)
     key = f"{name}.{_ZERO}"
     zero_packed = _take(tensors, key)
-    _check(zero_packed, key, (packed_nbytes(expected[0], bits),), torch.uint8)
-    zero = unpack_codes(zero_packed, bits, expected[0]).to(dtype).reshape(view)
-    weight = _dequantize(unpack_codes(codes, bits, numel).reshape(expected), scale, zero)
+    _check(zero_packed, key, (packed_nbytes(n_zero, bits),), torch.uint8)
+    zero = unpack_codes(zero_packed, bits, n_zero).to(dtype).reshape(view)
+    weight = _dequantize(unpack_codes(codes, bits, numel).reshape(expected), scale, zero, block_size)
     quantizer = layer.weight_quantizer
     _assign(model, f"{name}.weight", weight)
     quantizer.scale = nn.Parameter(scale, requires_grad=False)
     quantizer.zero_point = zero
     quantizer.bits, quantizer.enabled, quantizer.calibrated = bits, True, True
+    quantizer.block_size, quantizer.symmetric = block_size, bool(entry.get("symmetric", False))
 
 
 def _configure_layer(model: nn.Module, name: str, layer: QuantLayer, entry: dict,
@@ -300,6 +335,8 @@ def _configure_layer(model: nn.Module, name: str, layer: QuantLayer, entry: dict
         if weights.get("stored") == "packed":
             _load_packed_weight(model, name, layer, weights, tensors)
         elif weights.get("stored") == "float":
+            layer.weight_quantizer.block_size = weights.get("block_size")
+            layer.weight_quantizer.symmetric = bool(weights.get("symmetric", False))
             layer.weight_quantizer.bits = int(weights.get("bits", FLOAT_BITS))
             layer.weight_quantizer.enabled = bool(weights.get("enabled", True))
             layer.weight_quantizer.calibrated = True
@@ -320,6 +357,11 @@ def _configure_layer(model: nn.Module, name: str, layer: QuantLayer, entry: dict
         quantizer.bits = int(act.get("bits", FLOAT_BITS))
         quantizer.enabled = bool(act.get("enabled", True))
         if isinstance(quantizer, UniformQuantizer):
+            dynamic = act.get("dynamic_block")
+            if dynamic is not None and (not isinstance(dynamic, int) or dynamic < 1):
+                raise BundleError(f"{CONFIG_FILE}: layer {name!r} has an invalid dynamic_block {dynamic!r}")
+            quantizer.dynamic_block = dynamic
+            quantizer.include_zero = bool(act.get("include_zero", False))
             granularity, shape = act.get("granularity", "tensor"), act.get("shape")
             if granularity in ("position", "head"):  # grouped scales: shape stored in the entry
                 if not (isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape)):
@@ -362,7 +404,8 @@ def load_quantized(path: str | Path, device: str = "cpu") -> nn.Module:
             model = build_model(spec["arch"], spec.get("timm_kwargs") or {})
         else:
             model = build_model(spec["name"], spec.get("arch_kwargs") or {})
-        wrap_model_(model, softmax=recipe["softmax"], minmax=bool(recipe["minmax"]))
+        wrap_model_(model, softmax=recipe["softmax"], minmax=bool(recipe["minmax"]),
+                    target=config.get("target", "sim"), block_size=config.get("block_size", 32))
     except (ModelLoadError, KeyError, ValueError) as exc:
         raise BundleError(f"{CONFIG_FILE}: cannot rebuild model {spec.get('name')!r}: {exc}") from exc
     tensors = _read_tensors(directory / MODEL_FILE)
@@ -425,8 +468,9 @@ def bundle_sizes(path: str | Path) -> dict[str, int | float]:
         if weights.get("stored") != "packed":
             continue
         numel, bits = int(torch.Size(weights["shape"]).numel()), int(weights["bits"])
+        zeros = int(torch.Size(_param_shape(tuple(weights["shape"]), weights.get("block_size"))).numel())
         packed += numel * bits / 8
-        theoretical += numel * bits / 8 + weights["shape"][0] * bits / 8
+        theoretical += numel * bits / 8 + zeros * bits / 8
         accounted |= {f"{name}.{_CODES}", f"{name}.{_ZERO}"}
     theoretical += sum(size for key, size in stored.items() if key not in accounted)
     payload = sum(stored.values())

@@ -4,6 +4,11 @@ Each module is one *quantization layer* of the mixed-precision problem: it owns 
 matmuls) and input activation quantizer(s), a ``component`` type (qkv, proj, fc1, fc2, matmul_qk, matmul_av,
 patch_embed, head, reduction, linear) and ``set_bits(wbits, abits)``. Parameters keep timm's names
 (``weight``/``bias``), so state_dict keys are unchanged by wrapping.
+
+Target mode (``target != "sim"``, set by ``quant.wrap.wrap_model_``): ``set_bits(wbits, abits)`` names one of the
+forms the target executes (``quant.target.form_for_bits``) and configures the quantizers for it: symmetric
+per-channel weights and a static input quantizer for ``int8``, block-wise weights (``block_size``) and a float
+input for ``w8``/``w4``, block-wise weights and the dynamic int8 block input quantizer for ``w4a8``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .quantizers import FLOAT_BITS, ActivationQuantizer, UniformQuantizer, WeightQuantizer
+from .target import Form, form_for_bits
 
 __all__ = ["QuantConv2d", "QuantLayer", "QuantLinear", "QuantMatMul"]
 
@@ -22,6 +28,10 @@ class QuantLayer(nn.Module):
 
     component: str = "linear"
     has_weight: bool = True
+    #: deployment target (``quant.target.TARGETS``); ``sim`` accepts every bit pair.
+    target: str = "sim"
+    #: weight block size of the block-wise forms (and of the dynamic input blocks of ``w4a8``).
+    block_size: int = 32
 
     def activation_quantizers(self) -> list[ActivationQuantizer]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -34,8 +44,23 @@ class QuantLayer(nn.Module):
     def abits(self) -> int:
         return self.activation_quantizers()[0].bits
 
+    @property
+    def form(self) -> Form | None:
+        """The target form of the current bit pair (None for ``sim``)."""
+        if self.target == "sim":
+            return None
+        return form_for_bits(self.target, self.component, self.wbits, self.abits)
+
     def set_bits(self, wbits: int | None = None, abits: int | None = None) -> None:
-        """Set weight and/or activation bit-width (16 = float); ranges are refit for the new width."""
+        """Set weight and/or activation bit-width (16 = float); ranges are refit for the new width.
+
+        Target mode: ``(wbits, abits)`` (a None keeps the current one) must be a form of the target
+        (``quant.target.FormError`` otherwise) and the quantizers are configured for that form."""
+        if self.target != "sim":
+            self._set_form(form_for_bits(self.target, self.component,
+                                         self.wbits if wbits is None else wbits,
+                                         self.abits if abits is None else abits))
+            return
         if wbits is not None and self.has_weight:
             self.weight_quantizer.bits = int(wbits)
             if self.weight_quantizer.calibrated:
@@ -43,6 +68,19 @@ class QuantLayer(nn.Module):
         if abits is not None:
             for quantizer in self.activation_quantizers():
                 quantizer.set_bits(abits)
+
+    def _set_form(self, form: Form) -> None:
+        if self.has_weight:
+            quantizer = self.weight_quantizer
+            quantizer.bits = form.wbits
+            quantizer.block_size = self.block_size if form.weights == "block" else None
+            quantizer.symmetric = form.weights == "channel"
+            if quantizer.calibrated:
+                quantizer.calibrate(self.weight)
+        for quantizer in self.activation_quantizers():
+            if isinstance(quantizer, UniformQuantizer):
+                quantizer.dynamic_block = self.block_size if form.activations == "dynamic_block" else None
+            quantizer.set_bits(form.abits)
 
     def set_quant_enabled(self, weights: bool | None = None, activations: bool | None = None) -> None:
         """Switch weight and/or activation quantization on or off (off = exact float behaviour)."""

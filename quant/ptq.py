@@ -10,6 +10,10 @@ above (one observation pass, ranges from the weights / a value sample); ``output
 uniform activation range by the error it causes in the layer's output, with per-token-position scales for
 linear inputs and per-head scales for q, k and v (``quant.range_search``). ``auto`` (the default) is ``output``
 for repq and dopq and ``minmax`` for the minmax recipe, whose meaning is plain min/max ranges.
+
+``target="onnxruntime-cpu"`` keeps the recipe's reparameterization (it only changes float weights and LayerNorms)
+but quantizes the post-softmax map with a plain uniform quantizer, and the output-aware search then keeps
+per-tensor activation ranges (onnxruntime has no per-position or per-head scales); see ``quant.wrap``.
 """
 
 from __future__ import annotations
@@ -72,19 +76,24 @@ def quantize_ptq(
     range_search: str = "auto",
     search_settings: SearchSettings | None = None,
     progress: Callable[[str, float], None] | None = None,
+    target: str = "sim",
+    block_size: int = 32,
 ) -> tuple[nn.Module, list[ReparamReport]]:
     """Return a calibrated fake-quantized copy of ``float_model`` (the input model is not modified).
 
     calib_images: float [N,3,H,W], normalised for the model. wbits/abits: uniform bit-widths (16 = float);
     the patch embedding and head get ``head_bits`` (None = same as the rest). range_search: ``auto``,
-    ``minmax`` (fast calibration only) or ``output`` (output-aware search, see the module doc).
+    ``minmax`` (fast calibration only) or ``output`` (output-aware search, see the module doc). target /
+    block_size: deployment target and weight block size (``quant.wrap.wrap_model_``); in a target mode
+    ``(wbits, abits)`` and ``head_bits`` must name forms the target executes.
     """
     if method not in PTQ_METHODS:
         raise ValueError(f"unknown PTQ method {method!r}; choose one of {', '.join(PTQ_METHODS)}")
     search = resolve_range_search(method, range_search)
     recipe = PTQ_METHODS[method]
     device = next(float_model.parameters()).device
-    model = wrap_model_(copy.deepcopy(float_model).eval(), softmax=recipe.softmax, minmax=recipe.minmax)
+    model = wrap_model_(copy.deepcopy(float_model).eval(), softmax=recipe.softmax, minmax=recipe.minmax,
+                        target=target, block_size=block_size)
     set_uniform_bits_(model, wbits, abits, head_bits)
     reports: list[ReparamReport] = []
     if recipe.reparam is not None:
@@ -100,6 +109,8 @@ def quantize_ptq(
         progress=(lambda i: progress("calibrate", (i + 1) / n_batches)) if progress else None,
     )
     if search == "output":
+        grouped = target == "sim"  # runtimes execute per-tensor activation scales only
         search_ranges_(model, calib_images, settings=search_settings, batch_size=batch_size,
+                       per_position=grouped, per_head=grouped,
                        progress=(lambda f: progress("range search", f)) if progress else None)
     return model, reports

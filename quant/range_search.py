@@ -29,6 +29,11 @@ is the exact joint optimum for the fixed other operand):
 Candidates: per group ``low = r_lo * min_g``, ``high = r_hi * max_g`` over a ratio grid (``ACT_RATIOS`` x
 ``ACT_RATIOS`` for activations, ``WEIGHT_RATIOS`` x ``WEIGHT_RATIOS`` per weight channel). Post-softmax
 quantizers (log2, TanQ) keep their own fit (TanQ already scores its output ``maps @ v``).
+
+Deployment targets (layers wrapped with ``target != "sim"``): activation ranges stay per tensor (no runtime
+executes per-position or per-head scales), symmetric per-channel weights (``int8``) search ``r * max|w|`` with
+the zero point fixed at ``2^(b-1)``, block-wise weights (``w8``/``w4``/``w4a8``) keep their per-block weight-MSE
+fit (the output error does not separate per block), and dynamic input quantizers (``w4a8``) have no range.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from torch import nn
 
 from .modules import QuantConv2d, QuantLayer, QuantLinear, QuantMatMul
 from .quantizers import UniformQuantizer, WeightQuantizer, fake_quant_uniform
+from .quantizers.uniform import _zero_in_range
 from .wrap import quant_layers
 
 __all__ = ["ACT_RATIOS", "RANGE_SEARCHES", "WEIGHT_RATIOS", "SearchSettings", "search_ranges_"]
@@ -200,6 +206,8 @@ def _search_activation(quantizer: UniformQuantizer, x: torch.Tensor, group_shape
     bits = quantizer.bits
     scales, zeros = _act_candidates(x, group_shape, bits, (quantizer.scale, quantizer.zero_point),
                                     settings.act_ratios)
+    if quantizer.include_zero:  # deployment targets: the zero point must be a code (uint8 QuantizeLinear)
+        scales, zeros = _zero_in_range(scales, zeros, bits)
     index = _batched_argmin(x.float(), scales, zeros, bits, error, settings.chunk_elements, out_numel)
     quantizer.set_params(_pick(scales, index), _pick(zeros, index))
 
@@ -241,13 +249,18 @@ def _search_weight(quantizer: WeightQuantizer, weight: torch.Tensor, x: torch.Te
     x, xq = x.float(), xq.float()
     g_qq = xq.T @ xq
     cross = w @ (xq.T @ x).T  # [O, C]: row o is G_qf w_o
-    low, high = w.amin(dim=1).clamp(max=0), w.amax(dim=1).clamp(min=0)
     ratios = torch.tensor(settings.weight_ratios, device=w.device)
-    r_lo, r_hi = torch.meshgrid(ratios, ratios, indexing="ij")
-    lows = r_lo.reshape(-1, 1) * low  # [K, O]
-    highs = r_hi.reshape(-1, 1) * high
-    scale = torch.clamp(highs - lows, min=1e-8) / qmax
-    zero = torch.round(-lows / scale)
+    if quantizer.symmetric:  # int8-style: zero point 2^(b-1), scale r * max|w| / (2^(b-1) - 1)
+        half = 2 ** (bits - 1)
+        scale = torch.clamp(ratios.reshape(-1, 1) * w.abs().amax(dim=1), min=1e-8) / (half - 1)  # [K, O]
+        zero = torch.full_like(scale, float(half))
+    else:
+        low, high = w.amin(dim=1).clamp(max=0), w.amax(dim=1).clamp(min=0)
+        r_lo, r_hi = torch.meshgrid(ratios, ratios, indexing="ij")
+        lows = r_lo.reshape(-1, 1) * low  # [K, O]
+        highs = r_hi.reshape(-1, 1) * high
+        scale = torch.clamp(highs - lows, min=1e-8) / qmax
+        zero = torch.round(-lows / scale)
     scale = torch.cat([quantizer.scale.detach().float().reshape(1, -1), scale])
     zero = torch.cat([quantizer.zero_point.detach().float().reshape(1, -1), zero])
     k_total, out, inp = scale.shape[0], w.shape[0], w.shape[1]
@@ -302,11 +315,13 @@ def _search_linear(layer: QuantLayer, x: torch.Tensor, settings: SearchSettings,
     x, weight, op, position_ok = spec
     x = x.float()
     aq, wq = layer.input_quantizer, layer.weight_quantizer
-    act_on = aq.active and isinstance(aq, UniformQuantizer) and aq.granularity != "token"
+    act_on = aq.active and _searchable(aq)
     w_on = wq.active
     if not act_on and not w_on:
         return
+    w_search = w_on and wq.block_size is None  # block-wise weights keep their per-block MSE fit
     w_float = weight.detach().float()
+    per_position = per_position and layer.target == "sim"
     group = _position_shape(x) if (per_position and position_ok and act_on) else ()
     if group and group != aq.scale.shape and aq.scale.numel() == 1:
         aq.set_params(aq.scale.detach().expand(group).clone(), aq.zero_point.detach().expand(group).clone(),
@@ -322,13 +337,19 @@ def _search_linear(layer: QuantLayer, x: torch.Tensor, settings: SearchSettings,
                 error = _op_error(lambda inp, w_now=w_now: op(inp, w_now), reference)
             _search_activation(aq, x_act, tuple(aq.scale.shape) if group else (), error, reference.numel(),
                                settings)
-        if w_on:
+        if w_search:
             xq = aq(x) if act_on else x
             if isinstance(layer, QuantConv2d):
                 rows, rows_q = _conv_rows(layer, x), _conv_rows(layer, xq)
             else:
                 rows, rows_q = x.reshape(-1, x.shape[-1]), xq.reshape(-1, x.shape[-1])
             _search_weight(wq, weight, rows, rows_q, settings)
+
+
+def _searchable(quantizer) -> bool:
+    """A static uniform quantizer (not per token, not dynamic): its range is searched."""
+    return (isinstance(quantizer, UniformQuantizer) and quantizer.granularity != "token"
+            and quantizer.dynamic_block is None)
 
 
 def _head_shape(x: torch.Tensor) -> tuple[int, ...]:
@@ -340,9 +361,10 @@ def _search_matmul(layer: QuantMatMul, a: torch.Tensor, b: torch.Tensor, setting
                    per_head: bool) -> None:
     a, b = a[: settings.matmul_images].float(), b[: settings.matmul_images].float()
     qa, qb = layer.quantizer_a, layer.quantizer_b
-    searchable = [q.active and isinstance(q, UniformQuantizer) and q.granularity != "token" for q in (qa, qb)]
+    searchable = [q.active and _searchable(q) for q in (qa, qb)]
     if not any(searchable):
         return
+    per_head = per_head and layer.target == "sim"
     reference = a @ b
     for q, x, on in ((qa, a, searchable[0]), (qb, b, searchable[1])):
         group = _head_shape(x) if per_head else ()

@@ -100,7 +100,8 @@ def _ratios(width: torch.Tensor, mode: str, kappa: float | None) -> torch.Tensor
 
 
 @torch.no_grad()
-def _folded_output_error(x, low, ratio, shift, weight, bias, wbits, abits) -> float:
+def _folded_output_error(x, low, ratio, shift, weight, bias, wbits, abits, *, block_size=None,
+                         symmetric=False) -> float:
     reference = x @ weight.T + (bias if bias is not None else 0)
     folded_x = (x - low) / ratio + shift
     folded_w = weight * ratio
@@ -109,7 +110,7 @@ def _folded_output_error(x, low, ratio, shift, weight, bias, wbits, abits) -> fl
     act_q.observe(folded_x)
     act_q.calibrated = True
     act_q.fit(act_q.calibration_sample())
-    w_q = WeightQuantizer(wbits)
+    w_q = WeightQuantizer(wbits, block_size=block_size, symmetric=symmetric)  # the layer's weight layout
     w_q.calibrate(folded_w)
     out = act_q.quantize(folded_x) @ w_q(folded_w).T + folded_b
     return (out - reference).pow(2).mean().item()
@@ -157,9 +158,13 @@ def reparameterize_(
             tokens = torch.cat(stats.rows)[:_MAX_TOKENS]
             wbits = linear.wbits if isinstance(linear, QuantLinear) else 8
             abits = linear.abits if isinstance(linear, QuantLinear) else 8
+            layout = {}
+            if isinstance(linear, QuantLinear):
+                layout = {"block_size": linear.weight_quantizer.block_size,
+                          "symmetric": linear.weight_quantizer.symmetric}
             for kappa in kappa_grid:
                 err = _folded_output_error(tokens, low, _ratios(width, mode, kappa), shift, weight, bias,
-                                           min(wbits, 8), min(abits, 8))
+                                           min(wbits, 8), min(abits, 8), **layout)
                 if best_err is None or err < best_err:
                     chosen_kappa, best_err = kappa, err
         ratio = _ratios(width, mode, chosen_kappa)

@@ -17,6 +17,14 @@ square them and accumulate, and multiply activation gradients with every candida
 fly (on a fixed-size random subset of positions per tensor, an unbiased estimate of the sum). The type factors ``alpha_t`` are then calibrated on a small subset: for each component type, the measured
 KL of quantizing all layers of that type at the reference bits divided by the predicted sum of their Omega
 (clamped to [0.05, 20]; 1 where the prediction is ~0). Type factors off (``type_aware=False``) means all 1.
+
+Deployment targets (a model wrapped with ``target="onnxruntime-cpu"``): the candidates of a layer are the
+target's forms (``quant.target.forms_for``), not bit pairs, and Omega is computed per form with the form's own
+quantizers: the weight part with block-wise asymmetric weights (``w8``/``w4``/``w4a8``) or symmetric per-channel
+weights (``int8``), the activation part with the static uint8 quantizer (``int8``), the dynamic int8 block
+quantizer (``w4a8``, on the whole tensor, then the same position subset) or nothing (float inputs). The table
+stores them by form name (``form_weight``/``form_act``) and ``omega(layer, wbits, abits)`` looks the form up
+from its ``(wbits, abits)`` key. Type factors are calibrated at the ``int8`` form (``reference_bits`` (8, 8)).
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ from torch import nn
 
 from .evaluate import predict_logits
 from .modules import QuantConv2d, QuantLayer
-from .quantizers import FLOAT_BITS
-from .wrap import quant_layers, set_quant_enabled_
+from .quantizers import FLOAT_BITS, UniformQuantizer
+from .target import Form, FormError, form_for_bits, forms_for
+from .wrap import model_target, quant_layers, set_quant_enabled_
 
 __all__ = ["SensitivityTable", "compute_sensitivity", "measure_kl", "sensitivity_stage"]
 
@@ -46,6 +55,10 @@ class SensitivityTable:
 
     ``weight[layer][bits]`` and ``act[layer][bits]`` are raw (unscaled) Omegas; ``omega(layer, w, a)`` applies
     the type factor. Layers without weights (matmuls) have an empty ``weight`` entry.
+
+    Target tables (``target != "sim"``): ``form_weight[layer][form]`` and ``form_act[layer][form]`` hold the raw
+    Omegas of each computed form (0 for the float side of a form; ``weight``/``act`` stay empty: a bit width
+    alone does not name a form), ``block_size`` the weight block size they were computed with.
     """
 
     components: dict[str, str]
@@ -56,17 +69,34 @@ class SensitivityTable:
     loss: str = "kl"
     reference_bits: tuple[int, int] = (4, 4)
     measured_type_kl: dict[str, float] = field(default_factory=dict)
+    target: str = "sim"
+    block_size: int | None = None
+    form_weight: dict[str, dict[str, float]] = field(default_factory=dict)
+    form_act: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def form_of(self, layer: str, wbits: int, abits: int) -> Form | None:
+        """The target form of ``(wbits, abits)`` for ``layer`` (None for sim tables; ``FormError`` if the target
+        cannot execute it)."""
+        if self.target == "sim":
+            return None
+        return form_for_bits(self.target, self.components[layer], wbits, abits)
 
     def omega(self, layer: str, wbits: int, abits: int, type_aware: bool = True) -> float:
-        """Predicted loss increase of layer ``layer`` at ``(wbits, abits)`` (16 = float contributes 0)."""
-        raw = (self.weight[layer].get(wbits, 0.0) if wbits < FLOAT_BITS and self.weight[layer] else 0.0)
-        raw += self.act[layer].get(abits, 0.0) if abits < FLOAT_BITS else 0.0
+        """Predicted loss increase of layer ``layer`` at ``(wbits, abits)`` (16 = float contributes 0; target
+        tables: the Omega of the form with that key, 0 for a form that was not computed)."""
+        form = self.form_of(layer, wbits, abits)
+        if form is not None:
+            raw = self.form_weight.get(layer, {}).get(form.name, 0.0) + self.form_act.get(layer, {}).get(form.name, 0.0)
+        else:
+            raw = (self.weight[layer].get(wbits, 0.0) if wbits < FLOAT_BITS and self.weight[layer] else 0.0)
+            raw += self.act[layer].get(abits, 0.0) if abits < FLOAT_BITS else 0.0
         factor = self.type_factors.get(self.components[layer], 1.0) if type_aware else 1.0
         return raw * factor * self.layer_factors.get(layer, 1.0)
 
     def to_dict(self) -> dict:
-        """JSON-able form (bit keys become strings)."""
-        return {
+        """JSON-able form (bit keys become strings; target tables add ``target``, ``block_size``,
+        ``form_weight`` and ``form_act``)."""
+        out = {
             "components": self.components,
             "weight": {k: {str(b): v for b, v in d.items()} for k, d in self.weight.items()},
             "act": {k: {str(b): v for b, v in d.items()} for k, d in self.act.items()},
@@ -76,6 +106,10 @@ class SensitivityTable:
             "reference_bits": list(self.reference_bits),
             "measured_type_kl": self.measured_type_kl,
         }
+        if self.target != "sim":
+            out.update(target=self.target, block_size=self.block_size, form_weight=self.form_weight,
+                       form_act=self.form_act)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> SensitivityTable:
@@ -88,15 +122,28 @@ class SensitivityTable:
             loss=data.get("loss", "kl"),
             reference_bits=tuple(data.get("reference_bits", (4, 4))),
             measured_type_kl={k: float(v) for k, v in data.get("measured_type_kl", {}).items()},
+            target=str(data.get("target", "sim")),
+            block_size=None if data.get("block_size") is None else int(data["block_size"]),
+            form_weight={k: {f: float(v) for f, v in d.items()} for k, d in data.get("form_weight", {}).items()},
+            form_act={k: {f: float(v) for f, v in d.items()} for k, d in data.get("form_act", {}).items()},
         )
 
 
 class _FisherHooks:
     """Forward/backward hooks accumulating squared per-image weight gradients and activation Omegas."""
 
-    def __init__(self, layers: dict[str, QuantLayer], abits: Sequence[int], seed: int = 0) -> None:
+    def __init__(self, layers: dict[str, QuantLayer], abits: Sequence[int], seed: int = 0,
+                 forms: dict[str, tuple[Form, ...]] | None = None, block_size: int = 32) -> None:
+        """abits: candidate activation bits (sim); forms: candidate forms per layer (target mode, replaces
+        abits: the activation Omegas are then keyed by form name, forms with float inputs skipped)."""
         self.layers = layers
         self.abits = [b for b in abits if b < FLOAT_BITS]
+        self.block_size = block_size
+        # activation candidates per layer: ints (bits, sim) or forms (target mode)
+        self.candidates: dict[str, list] = {
+            name: ([f for f in forms.get(name, ()) if f.activations != "float"] if forms is not None
+                   else list(self.abits))
+            for name in layers}
         self.fisher: dict[str, torch.Tensor] = {}
         # activation Omegas per layer: one device tensor [len(abits)] each, read back once at the end
         self.act_sums: dict[str, torch.Tensor] = {}
@@ -109,7 +156,7 @@ class _FisherHooks:
 
         def hook(_module, inputs, output):
             for index, x in enumerate(inputs):
-                if x.requires_grad:
+                if x.requires_grad and self.candidates[name]:
                     x.register_hook(self._act_grad_hook(name, quantizers[index], x.detach()))
             if layer.has_weight and output.requires_grad:
                 output.register_hook(self._weight_grad_hook(name, layer, inputs[0].detach()))
@@ -123,19 +170,34 @@ class _FisherHooks:
         return self.generators[device]
 
     @property
-    def act(self) -> dict[str, dict[int, float]]:
-        """``{layer: {abits: summed Omega_a}}`` as floats (one device-to-host copy per layer)."""
+    def act(self) -> dict[str, dict]:
+        """``{layer: {abits: summed Omega_a}}`` (target mode: ``{layer: {form name: ...}}``) as floats (one
+        device-to-host copy per layer)."""
         out = {}
         for name in self.layers:
+            keys = [c.name if isinstance(c, Form) else c for c in self.candidates[name]]
             sums = self.act_sums.get(name)
-            values = sums.tolist() if sums is not None else [0.0] * len(self.abits)
-            out[name] = dict(zip(self.abits, values, strict=True))
+            values = sums.tolist() if sums is not None else [0.0] * len(keys)
+            out[name] = dict(zip(keys, values, strict=True))
         return out
+
+    def _quantized(self, quantizer, candidate, x: torch.Tensor, values: torch.Tensor,
+                   pick: torch.Tensor | None) -> torch.Tensor:
+        """``values`` (the positions ``pick`` of ``x``) fake-quantized as ``candidate`` quantizes them."""
+        if not isinstance(candidate, Form):
+            return quantizer.quantize_at(values, candidate)
+        if not isinstance(quantizer, UniformQuantizer):
+            return quantizer.quantize_at(values, candidate.abits)
+        if candidate.activations == "static":
+            return quantizer.quantize_at(values, candidate.abits, dynamic_block=None)
+        # dynamic blocks depend on whole rows: quantize the tensor, then take the positions
+        full = quantizer.quantize_at(x, candidate.abits, dynamic_block=self.block_size).reshape(-1)
+        return full if pick is None else full[pick]
 
     def _act_grad_hook(self, name, quantizer, x):
         def hook(grad):
             values, g = x.reshape(-1), grad.detach().reshape(-1)
-            scale = 1.0
+            scale, pick = 1.0, None
             if values.numel() > _ACT_POSITIONS:
                 # Unbiased estimate of the sum on a fixed-size random subset of positions: the quantization
                 # error of every candidate is evaluated on these positions only.
@@ -144,8 +206,9 @@ class _FisherHooks:
                 scale = values.numel() / _ACT_POSITIONS
                 values, g = values[pick], g[pick]
             g2 = g.float().pow(2)
-            errs = torch.stack([(quantizer.quantize_at(values, bits) - values).pow(2) for bits in self.abits])
-            omegas = (errs * g2).sum(dim=1).mul_(0.5 * scale)  # [len(abits)], stays on the device
+            errs = torch.stack([(self._quantized(quantizer, c, x, values, pick) - values).pow(2)
+                                for c in self.candidates[name]])
+            omegas = (errs * g2).sum(dim=1).mul_(0.5 * scale)  # [candidates], stays on the device
             if name in self.act_sums:
                 self.act_sums[name] += omegas
             else:
@@ -212,13 +275,21 @@ def compute_sensitivity(
     batch_size: int = 32,
     seed: int = 0,
     progress: Callable[[float], None] | None = None,
+    forms: Sequence[str] = (),
 ) -> SensitivityTable:
     """Fisher sensitivity table of a calibrated wrapped model.
 
     images: [N,3,H,W] calibration images; labels: optional int64 [N] (cross-entropy instead of KL).
     The model's bit settings and enable flags are restored afterwards.
+    A model wrapped for a deployment target (``quant.wrap.wrap_model_(target=...)``) gets a target table: the
+    candidates are its forms restricted to the names in ``forms`` (empty: all; ``candidate_wbits``/
+    ``candidate_abits`` are then unused) and ``reference_bits`` is read as the reference form's key.
     """
     layers = quant_layers(qmodel)
+    target, block_size = model_target(qmodel)
+    layer_forms = None
+    if target != "sim":
+        layer_forms = {n: forms_for(target, l.component, tuple(forms)) for n, l in layers.items()}
     saved_flags = {n: (l.weight_quantizer.enabled if l.has_weight else None,
                        [q.enabled for q in l.activation_quantizers()]) for n, l in layers.items()}
     params = list(qmodel.parameters())
@@ -228,7 +299,7 @@ def compute_sensitivity(
     set_quant_enabled_(qmodel, False, False)
     for p in params:
         p.requires_grad_(False)
-    hooks = _FisherHooks(layers, candidate_abits, seed)
+    hooks = _FisherHooks(layers, candidate_abits, seed, forms=layer_forms, block_size=block_size)
     n_images = len(images)
     try:
         for start in range(0, n_images, batch_size):
@@ -243,8 +314,28 @@ def compute_sensitivity(
         for p, flag in zip(params, saved_grad):
             p.requires_grad_(flag)
 
-    weight: dict[str, dict[int, float]] = {}
     act = {name: {b: v / n_images for b, v in d.items()} for name, d in hooks.act.items()}
+    if layer_forms is not None:
+        table = _target_table(layers, hooks, act, layer_forms, n_images, target, block_size, labels is not None,
+                              reference_bits)
+    else:
+        table = _sim_table(layers, hooks, act, candidate_wbits, n_images, labels is not None, reference_bits)
+    if type_aware:
+        _calibrate_type_factors(qmodel, table, images[:alpha_images], reference_bits, batch_size)
+    for name, (wflag, aflags) in saved_flags.items():
+        layer = layers[name]
+        if layer.has_weight:
+            layer.weight_quantizer.enabled = wflag
+        for q, flag in zip(layer.activation_quantizers(), aflags):
+            q.enabled = flag
+    if progress:
+        progress(1.0)
+    return table
+
+
+def _sim_table(layers, hooks: _FisherHooks, act, candidate_wbits, n_images: int, labelled: bool,
+               reference_bits) -> SensitivityTable:
+    weight: dict[str, dict[int, float]] = {}
     wbits = [b for b in candidate_wbits if b < FLOAT_BITS]
     omegas: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -261,25 +352,69 @@ def compute_sensitivity(
         values = torch.stack([omegas[n] for n in names]).tolist()  # one device-to-host copy
         for name, row in zip(names, values, strict=True):
             weight[name] = dict(zip(wbits, row, strict=True))
-    table = SensitivityTable(
+    return SensitivityTable(
         components={n: l.component for n, l in layers.items()}, weight=weight, act=act,
-        loss="cross_entropy" if labels is not None else "kl", reference_bits=reference_bits,
+        loss="cross_entropy" if labelled else "kl", reference_bits=reference_bits,
     )
-    if type_aware:
-        _calibrate_type_factors(qmodel, table, images[:alpha_images], reference_bits, batch_size)
-    for name, (wflag, aflags) in saved_flags.items():
-        layer = layers[name]
-        if layer.has_weight:
-            layer.weight_quantizer.enabled = wflag
-        for q, flag in zip(layer.activation_quantizers(), aflags):
-            q.enabled = flag
-    if progress:
-        progress(1.0)
-    return table
+
+
+def _weight_layout(form: Form, block_size: int) -> dict:
+    """``quantize_at`` keywords of a form's weight quantizer."""
+    return {"block_size": block_size if form.weights == "block" else None, "symmetric": form.weights == "channel"}
+
+
+@torch.no_grad()
+def _target_table(layers, hooks: _FisherHooks, act, layer_forms: dict[str, tuple[Form, ...]], n_images: int,
+                  target: str, block_size: int, labelled: bool, reference_bits) -> SensitivityTable:
+    """Omega per layer and form (module doc): weight part with the form's weight layout, activation part from
+    the hooks (forms with float inputs: 0)."""
+    omegas: dict[str, dict[str, torch.Tensor]] = {}
+    for name, layer in layers.items():
+        fisher = hooks.fisher.get(name)
+        per_layout: dict[tuple, torch.Tensor] = {}
+        omegas[name] = {}
+        for form in layer_forms[name]:
+            if form.weights == "float" or not layer.has_weight or fisher is None:
+                continue
+            layout = _weight_layout(form, block_size)
+            key = (form.wbits, layout["block_size"], layout["symmetric"])
+            if key not in per_layout:
+                w = layer.weight.detach().float()
+                f = fisher.reshape(layer.weight.shape) / n_images
+                wq = layer.weight_quantizer.quantize_at(w, form.wbits, **layout)
+                per_layout[key] = 0.5 * (f * (wq - w).pow(2)).sum()
+            omegas[name][form.name] = per_layout[key]
+    flat = [(n, f, v) for n, d in omegas.items() for f, v in d.items()]
+    values = torch.stack([v for _, _, v in flat]).tolist() if flat else []  # one device-to-host copy
+    form_weight = {n: {f.name: 0.0 for f in layer_forms[n]} for n in layers}
+    for (name, form, _), value in zip(flat, values, strict=True):
+        form_weight[name][form] = value
+    form_act = {n: {f.name: float(act[n].get(f.name, 0.0)) for f in layer_forms[n]} for n in layers}
+    return SensitivityTable(
+        components={n: l.component for n, l in layers.items()}, weight={n: {} for n in layers},
+        act={n: {} for n in layers}, loss="cross_entropy" if labelled else "kl",
+        reference_bits=tuple(reference_bits), target=target, block_size=block_size, form_weight=form_weight,
+        form_act=form_act,
+    )
 
 
 def _nearest(bits: int, available: Sequence[int]) -> int:
     return min(available, key=lambda b: (abs(b - bits), b))
+
+
+def _reference_pair(table: SensitivityTable, name: str, ref_w: int, ref_a: int) -> tuple[int, int]:
+    """Target tables: the key of the reference form of a layer: the form of ``(ref_w, ref_a)`` when it was
+    computed, else the first computed quantized form, else fp32."""
+    computed = [f for f in forms_for(table.target, table.components[name]) if f.name in table.form_weight[name]]
+    try:
+        reference = table.form_of(name, ref_w, ref_a)
+    except FormError:
+        reference = None
+    if reference is not None and reference.name in table.form_weight[name]:
+        return reference.wbits, reference.abits
+    quantized = [f for f in computed if f.name != "fp32"]
+    form = quantized[0] if quantized else None
+    return (form.wbits, form.abits) if form is not None else (FLOAT_BITS, FLOAT_BITS)
 
 
 def _calibrate_type_factors(qmodel, table: SensitivityTable, images, reference_bits, batch_size) -> None:
@@ -293,8 +428,11 @@ def _calibrate_type_factors(qmodel, table: SensitivityTable, images, reference_b
         predicted = 0.0
         for name in members:
             layer = layers[name]
-            w = _nearest(ref_w, list(table.weight[name])) if table.weight[name] else FLOAT_BITS
-            a = _nearest(ref_a, list(table.act[name]))
+            if table.target != "sim":
+                w, a = _reference_pair(table, name, ref_w, ref_a)
+            else:
+                w = _nearest(ref_w, list(table.weight[name])) if table.weight[name] else FLOAT_BITS
+                a = _nearest(ref_a, list(table.act[name]))
             predicted += table.omega(name, w, a, type_aware=False)
             layer.set_bits(w if layer.has_weight else None, a)
             layer.set_quant_enabled(True, True)
@@ -314,12 +452,33 @@ def _calibrate_type_factors(qmodel, table: SensitivityTable, images, reference_b
 def sensitivity_stage(qmodel, float_model, calib, config, progress) -> dict:
     """Pipeline stage: the sensitivity table of ``qmodel`` on the calibration images, as a JSON-able dict."""
     method = config.method
+    extra = {}
+    if model_target(qmodel)[0] != "sim":
+        extra = {"forms": _target_forms(qmodel, method), "reference_bits": (8, 8)}
     table = compute_sensitivity(
         qmodel, calib.images, calib.labels,
         candidate_wbits=method.candidate_wbits, candidate_abits=method.candidate_abits,
         type_aware=method.type_aware, batch_size=min(config.data.batch_size, 32), seed=config.seed,
-        progress=progress,
+        progress=progress, **extra,
     )
     del float_model
     return {"table": table.to_dict(), "type_aware": method.type_aware, "images": len(calib)}
 
+
+
+def _target_forms(qmodel, method) -> tuple[str, ...]:
+    """Form names whose Omegas a target job needs: ``method.forms`` (empty: all) plus the forms of the fixed
+    layers and of ``head_bits`` (the allocation keeps those whatever ``forms`` allows)."""
+    if not method.forms:
+        return ()
+    names = dict.fromkeys(method.forms)
+    layers = quant_layers(qmodel)
+    pairs = [(layers[n].component, tuple(bits)) for n, bits in method.fixed_layers.items() if n in layers]
+    if method.head_bits is not None:
+        pairs += [(c, (method.head_bits, method.head_bits)) for c in ("patch_embed", "head")]
+    for component, (wbits, abits) in pairs:
+        try:
+            names[form_for_bits(method.target, component, wbits, abits).name] = None
+        except FormError:
+            continue
+    return tuple(names)

@@ -28,6 +28,7 @@ from .data import DataLoadError, SourceInfo, describe_source
 from .errors import PipelineInputError
 from .models import BUILTIN_MODELS, BUILTIN_PREFIX, ModelLoadError, builtin_spec, model_info
 from .profile import LayerProfile, profile_layers
+from .wrap import component_of
 
 __all__ = [
     "ArchInfo",
@@ -192,7 +193,8 @@ def check_finite_weights(model: nn.Module) -> None:
 
 
 def check_bits(config: PipelineConfig, layer_names: list[str]) -> None:
-    """Candidate, head and fixed-layer bit-widths allowed, fixed layers existing; ``PipelineInputError``."""
+    """Candidate, head and fixed-layer bit-widths allowed, fixed layers existing and, for a deployment target,
+    each fixed pair a form the target executes for that layer's kind; ``PipelineInputError``."""
     method = config.method
     for bits in method.candidate_wbits:
         if bits not in ALLOWED_WBITS:
@@ -209,6 +211,24 @@ def check_bits(config: PipelineConfig, layer_names: list[str]) -> None:
             )
         if wbits not in ALLOWED_WBITS or abits not in ALLOWED_ABITS:
             raise PipelineInputError("invalid_bits", f"fixed layer {name!r}: bits ({wbits}, {abits}) not allowed")
+        if method.target != "sim":
+            _check_form(method.target, name, component_of(name), wbits, abits)
+
+
+def _check_form(target: str, name: str, component: str, wbits: int, abits: int) -> None:
+    """``PipelineInputError("invalid_bits")`` when ``target`` has no form ``(wbits, abits)`` for the layer."""
+    from .target import FormError, form_for_bits, forms_for
+
+    try:
+        form_for_bits(target, component, wbits, abits)
+    except FormError:
+        listed = ", ".join(f"[{f.wbits}, {f.abits}] ({f.name})" for f in forms_for(target, component))
+        raise PipelineInputError(
+            "invalid_bits",
+            f"fixed layer {name!r} is a {component} layer that {target} cannot run at [{wbits}, {abits}]; "
+            f"give it one of {listed}",
+            {"layer": name, "component": component, "allowed": [[f.wbits, f.abits] for f in forms_for(target, component)]},
+        ) from None
 
 
 def _describe(source: str, split: str, config: PipelineConfig, label: str, input_shape) -> SourceInfo:

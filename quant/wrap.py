@@ -5,6 +5,11 @@ embedding ``nn.Conv2d`` by ``QuantConv2d`` and every timm ``Attention``/``Window
 subclass with ``matmul_qk``/``matmul_av``. Layer keys are timm module names (``blocks.3.attn.qkv``,
 ``blocks.3.attn.matmul_av``, ``layers.1.downsample.reduction``). All quantizers start at 8 bits and must be
 calibrated (``quant.calibrate``) before use; ``set_quant_enabled_(model, False, False)`` gives float behaviour.
+
+``wrap_model_(model, target="onnxruntime-cpu", block_size=32)`` wraps for a deployment target: every layer then
+takes only the forms the target executes (``quant.target``; ``set_bits`` names them by their ``(wbits, abits)``
+keys), the post-softmax quantizer is a plain uniform one whatever ``softmax`` says (onnxruntime has no
+log2/TanQ kernel), and every layer starts in its ``int8`` form.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from torch import nn
 from .attention import install_quant_attention
 from .modules import QuantConv2d, QuantLayer, QuantLinear
 from .quantizers import ActivationQuantizer, Log2Quantizer, TanQuantizer, UniformQuantizer, WeightQuantizer
+from .target import TARGETS
 
 __all__ = [
     "COMPONENTS",
     "SOFTMAX_QUANTIZERS",
+    "check_block_size",
     "component_of",
+    "model_target",
     "quant_layers",
     "quantization_map",
     "set_bits_",
@@ -56,14 +64,30 @@ def _softmax_quantizer(kind: str, minmax: bool) -> ActivationQuantizer:
     raise ValueError(f"softmax quantizer must be one of {SOFTMAX_QUANTIZERS}, got {kind!r}")
 
 
-def wrap_model_(model: nn.Module, *, softmax: str = "tanq", minmax: bool = False) -> nn.Module:
+def check_block_size(block_size: int) -> int:
+    """``block_size`` as an int; ``ValueError`` unless it is a power of two >= 16."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16 \
+            or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two >= 16, got {block_size!r}")
+    return block_size
+
+
+def wrap_model_(model: nn.Module, *, softmax: str = "tanq", minmax: bool = False, target: str = "sim",
+                block_size: int = 32) -> nn.Module:
     """Insert fake quantizers into ``model`` in place and return it.
 
-    softmax: quantizer of the post-softmax attention map (``uniform``, ``log2`` or ``tanq``).
-    minmax: use plain min/max ranges everywhere instead of MSE range searches.
+    softmax: quantizer of the post-softmax attention map (``uniform``, ``log2`` or ``tanq``; a target other than
+    ``sim`` always uses ``uniform``). minmax: use plain min/max ranges everywhere instead of MSE range searches.
+    target: ``sim`` or a deployment target of ``quant.target.TARGETS``; block_size: weight block size of the
+    target's block-wise forms (power of two >= 16).
     """
     if softmax not in SOFTMAX_QUANTIZERS:
         raise ValueError(f"softmax quantizer must be one of {SOFTMAX_QUANTIZERS}, got {softmax!r}")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    block_size = check_block_size(block_size)
+    if target != "sim":
+        softmax = "uniform"
     if any(isinstance(m, QuantLayer) for m in model.modules()):
         raise ValueError("model is already wrapped for quantization")
     targets = []
@@ -84,8 +108,20 @@ def wrap_model_(model: nn.Module, *, softmax: str = "tanq", minmax: bool = False
         if install_quant_attention(module, _softmax_quantizer(softmax, minmax)):
             for quantizer in (module.matmul_qk.quantizer_a, module.matmul_qk.quantizer_b, module.matmul_av.quantizer_b):
                 quantizer.minmax = minmax
+    if target != "sim":
+        for layer in quant_layers(model).values():
+            layer.target, layer.block_size = target, block_size
+            for quantizer in layer.activation_quantizers():
+                quantizer.include_zero = True  # uint8 zero points (every one is a UniformQuantizer here)
+            layer.set_bits(8, 8)  # the int8 form (matmuls: (16, 8)); nothing is calibrated yet
     _to_model_device_(model)
     return model
+
+
+def model_target(model: nn.Module) -> tuple[str, int]:
+    """``(target, block_size)`` a wrapped model was wrapped with (``("sim", 32)`` for a sim model)."""
+    layer = next(iter(quant_layers(model).values()))
+    return layer.target, int(layer.block_size)
 
 
 def _to_model_device_(model: nn.Module) -> None:

@@ -13,12 +13,14 @@ from torch import nn
 
 from .base import ActivationQuantizer, round_ste
 
-__all__ = ["GRANULARITIES", "UniformQuantizer", "fake_quant_uniform", "search_uniform_range"]
+__all__ = ["GRANULARITIES", "UniformQuantizer", "dynamic_block_quant", "fake_quant_uniform", "search_uniform_range"]
 
 _LOW_QUANTILES = (0.0, 1e-3, 1e-2, 3e-2)
 _HIGH_QUANTILES = (1.0, 1 - 1e-4, 1 - 1e-3, 1 - 3e-3, 1 - 1e-2, 1 - 3e-2)
 #: The range search scores candidates on at most this many values (a fixed-seed subsample).
 _SEARCH_VALUES = 16384
+#: "use the quantizer's current setting" (``quantize_at``).
+_CURRENT = object()
 
 
 def fake_quant_uniform(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int) -> torch.Tensor:
@@ -34,6 +36,25 @@ def fake_quant_uniform(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
     return (q - zero_point) * scale
 
 
+def dynamic_block_quant(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Dynamic symmetric int8 fake quantization per row and per block of ``block_size`` along the last dim.
+
+    What onnxruntime's ``MatMulNBits`` with ``accuracy_level=4`` does to its float input: for each row (all
+    leading dims) and block (the last block zero-padded), ``scale = amax / 127``, ``inv = 1 / scale`` (0 where
+    ``scale == 0``), ``q = clamp(round(x * inv), -128, 127)`` (round half to even), result ``q * scale``; all in
+    float32. Rounding is straight-through for gradients.
+    """
+    k = x.shape[-1]
+    pad = -k % block_size
+    blocks = torch.nn.functional.pad(x, (0, pad)) if pad else x
+    blocks = blocks.reshape(*x.shape[:-1], -1, block_size)
+    scale = blocks.detach().abs().amax(dim=-1, keepdim=True) / 127.0
+    inv = torch.where(scale == 0, torch.zeros_like(scale), 1.0 / scale)
+    q = torch.clamp(round_ste(blocks * inv), -128, 127)
+    out = (q * scale).reshape(*x.shape[:-1], -1)
+    return out[..., :k] if pad else out
+
+
 def _scale_zero(low: torch.Tensor, high: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     span = torch.clamp(high - low, min=1e-8)
     scale = span / (2**bits - 1)
@@ -42,17 +63,23 @@ def _scale_zero(low: torch.Tensor, high: torch.Tensor, bits: int) -> tuple[torch
 
 
 @torch.no_grad()
-def search_uniform_range(sample: torch.Tensor, bits: int, minmax: bool = False) -> tuple[float, float]:
+def search_uniform_range(sample: torch.Tensor, bits: int, minmax: bool = False,
+                         include_zero: bool = False) -> tuple[float, float]:
     """Choose ``(low, high)`` clipping of a 1-D sample minimising the quantization MSE.
 
     Candidates are pairs of low/high quantiles of the sample; ``minmax=True`` returns the plain extremes.
+    include_zero: every candidate range contains 0 (``low <= 0 <= high``, so the zero point is a code).
     """
     sample = sample.float()
     low_all, high_all = sample.min(), sample.max()
+    if include_zero:
+        low_all, high_all = low_all.clamp(max=0), high_all.clamp(min=0)
     if minmax or bits >= 16:
         return float(low_all), float(high_all)
     lows = torch.quantile(sample, torch.tensor(_LOW_QUANTILES, device=sample.device))
     highs = torch.quantile(sample, torch.tensor(_HIGH_QUANTILES, device=sample.device))
+    if include_zero:
+        lows, highs = lows.clamp(max=0), highs.clamp(min=0)
     if sample.numel() > _SEARCH_VALUES:
         generator = torch.Generator(device=sample.device).manual_seed(0)
         pick = torch.randperm(sample.numel(), generator=generator, device=sample.device)[:_SEARCH_VALUES]
@@ -69,6 +96,18 @@ def search_uniform_range(sample: torch.Tensor, bits: int, minmax: bool = False) 
     return best[1], best[2]
 
 
+def _zero_in_range(scale: torch.Tensor, zero: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid ``(scale, zero)`` widened where needed so that its range contains 0 (unchanged where it does)."""
+    qmax = 2**bits - 1
+    if bits >= 16 or bool(((zero >= 0) & (zero <= qmax)).all()):
+        return scale, zero
+    low = torch.clamp(-zero * scale, max=0)
+    high = torch.clamp((qmax - zero) * scale, min=0)
+    new_scale, new_zero = _scale_zero(low, high, bits)
+    inside = (zero >= 0) & (zero <= qmax)
+    return torch.where(inside, scale, new_scale), torch.where(inside, zero, new_zero)
+
+
 GRANULARITIES = ("tensor", "position", "head", "token")
 
 
@@ -83,6 +122,11 @@ class UniformQuantizer(ActivationQuantizer):
     of all groups.
     ``granularity="token"``: per-token scale and zero point computed on the fly from each token's min/max
     (last dimension is the channel dimension); no calibration needed.
+
+    ``dynamic_block`` (None by default): when set, an active quantizer (at 8 bits) quantizes dynamically, int8
+    symmetric per row and per block of that many elements along the last dim (:func:`dynamic_block_quant`,
+    MatMulNBits ``accuracy_level=4``); the static parameters are kept untouched, so setting it back to None
+    restores the calibrated range.
     """
 
     fit_params = ("scale", "zero_point")
@@ -95,6 +139,10 @@ class UniformQuantizer(ActivationQuantizer):
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self.granularity = granularity
         self.minmax = minmax
+        self.dynamic_block: int | None = None
+        #: static ranges always contain 0, so the zero point is an integer in [0, 2^bits - 1] (what uint8
+        #: QuantizeLinear needs); set for deployment targets.
+        self.include_zero = False
         self.scale = nn.Parameter(torch.tensor(1.0, device=device), requires_grad=False)
         self.register_buffer("zero_point", torch.tensor(0.0, device=device))
 
@@ -109,6 +157,8 @@ class UniformQuantizer(ActivationQuantizer):
                              f"{tuple(zero_point.shape)}")
         if granularity is not None and granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if self.include_zero:
+            scale, zero_point = _zero_in_range(scale.detach(), zero_point.detach(), self.bits)
         requires_grad = bool(self.scale.requires_grad)
         self.scale = nn.Parameter(scale.detach().to(self.scale.dtype).clone(), requires_grad=requires_grad)
         self.zero_point = zero_point.detach().to(self.zero_point.dtype).clone()
@@ -139,14 +189,29 @@ class UniformQuantizer(ActivationQuantizer):
     def fit(self, sample: torch.Tensor) -> None:
         if self.granularity == "token":
             return
-        low, high = search_uniform_range(sample, self.bits, minmax=self.minmax)
+        low, high = search_uniform_range(sample, self.bits, minmax=self.minmax, include_zero=self.include_zero)
         self.set_range(low, high)
 
     def _broadcasts(self, x: torch.Tensor) -> bool:
         shape = tuple(self.scale.shape)
         return len(shape) < x.dim() and all(s in (1, t) for s, t in zip(shape, x.shape[x.dim() - len(shape):]))
 
+    def quantize_at(self, x: torch.Tensor, bits: int, *, dynamic_block=_CURRENT) -> torch.Tensor:
+        """Fake-quantize ``x`` as this quantizer would at ``bits`` (and ``dynamic_block``: None = static, a block
+        size = dynamic; default: the current setting), leaving its state unchanged."""
+        saved = self.dynamic_block
+        if dynamic_block is not _CURRENT:
+            self.dynamic_block = dynamic_block
+        try:
+            return super().quantize_at(x, bits)
+        finally:
+            self.dynamic_block = saved
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic_block is not None:
+            if self.bits != 8:
+                raise ValueError(f"dynamic block quantization is int8: set bits to 8, not {self.bits}")
+            return dynamic_block_quant(x, self.dynamic_block)
         if self.granularity == "token":
             low = x.detach().amin(dim=-1, keepdim=True)
             high = x.detach().amax(dim=-1, keepdim=True)
@@ -166,4 +231,6 @@ class UniformQuantizer(ActivationQuantizer):
             info.update(scale=float(self.scale), zero_point=float(self.zero_point))
         elif self.granularity in ("position", "head"):
             info["shape"] = list(self.scale.shape)
+        if self.dynamic_block is not None:
+            info["dynamic_block"] = int(self.dynamic_block)
         return info

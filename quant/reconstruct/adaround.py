@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..modules import QuantLayer
+from ..quantizers.weight import block_view
 
 __all__ = ["GAMMA", "ZETA", "AdaRoundWeight", "BetaSchedule", "attach_adaround", "detach_adaround"]
 
@@ -28,14 +29,21 @@ GAMMA, ZETA = -0.1, 1.1
 
 
 class AdaRoundWeight(nn.Module):
-    """Stand-in for a ``WeightQuantizer`` whose rounding direction per weight is learned (``alpha``)."""
+    """Stand-in for a ``WeightQuantizer`` whose rounding direction per weight is learned (``alpha``).
+
+    Block-wise quantizers (``block_size`` set: MatMulNBits forms) learn on the zero-padded block view
+    ``[out, n_blocks, block_size]`` and return the weight cropped back to ``[out, K]``."""
 
     def __init__(self, quantizer: nn.Module, weight: torch.Tensor) -> None:
         super().__init__()
         self.bits = int(quantizer.bits)
         self.register_buffer("scale", quantizer.scale.detach().clone())
         self.register_buffer("zero_point", quantizer.zero_point.detach().clone())
+        self.block_size = getattr(quantizer, "block_size", None)
+        self.weight_shape = tuple(weight.shape)
         w = weight.detach()
+        if self.block_size is not None:
+            w = block_view(w, self.block_size)
         scaled = w / self.scale
         self.register_buffer("floor", torch.floor(scaled))
         rest = (scaled - self.floor).clamp(0.0, 1.0)
@@ -75,14 +83,20 @@ class AdaRoundWeight(nn.Module):
             offset = (self.alpha >= 0).to(self.floor.dtype)
         return torch.clamp(self.floor + offset + self.zero_point, 0, 2**self.bits - 1)
 
+    def _crop(self, values: torch.Tensor) -> torch.Tensor:
+        if self.block_size is None:
+            return values
+        out, k = self.weight_shape
+        return values.reshape(out, -1)[:, :k]
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return (self.codes(self.soft) - self.zero_point) * self.scale
+        return self._crop((self.codes(self.soft) - self.zero_point) * self.scale)
 
     @torch.no_grad()
     def hard_weight(self) -> torch.Tensor:
         """Dequantized hard-rounded weight: ``(q - z) * s``, the exact expression of ``fake_quant_uniform``."""
         q = self.codes(soft=False)
-        return (q - self.zero_point) * self.scale
+        return self._crop((q - self.zero_point) * self.scale)
 
 
 def attach_adaround(layers: dict[str, QuantLayer]) -> dict[str, AdaRoundWeight]:
