@@ -1,7 +1,7 @@
 """``mpq quantize``: run one quantization job locally with a progress bar and print or save its result.
 
-Registered into the ``mpq`` command by ``service.cli`` through ``add_quantize_parser``; also runnable alone as
-``python -m quant.cli quantize ...``.
+Registered into the ``mpq`` command by ``service.cli`` through ``add_quantize_parser`` (with ``mpq
+profile-latency`` from :mod:`quant.latency.cli`); also runnable alone as ``python -m quant.cli quantize ...``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,20 @@ def add_quantize_parser(subparsers) -> None:
     p.add_argument("--abits", type=int, default=4, help="uniform activation bits (without --budget)")
     p.add_argument("--head-bits", type=int, default=8, help="bits of patch embedding and head (0 = same as rest)")
     p.add_argument("--budget", action="append", type=parse_budget, default=[],
-                   help="mixed-precision budget NAME=VALUE (wbits, abits, size bytes, bops); repeatable")
+                   help="mixed-precision budget NAME=VALUE (wbits, abits, size bytes, bops; with --target "
+                        "onnxruntime-cpu also latency=FRACTION of the measured fp32 model or latency_ms=MS); "
+                        "repeatable")
+    p.add_argument("--target", choices=("sim", "onnxruntime-cpu"), default="sim",
+                   help="deployment target: sim (simulated bit-widths) or onnxruntime-cpu (only forms onnxruntime "
+                        "executes: fp32, int8 QDQ, MatMulNBits w8/w4/w4a8; per-layer latency measured)")
+    p.add_argument("--block-size", type=int, default=32, help="MatMulNBits block size along K (onnxruntime-cpu)")
+    p.add_argument("--forms", type=lambda t: tuple(v for v in t.split(",") if v), default=(),
+                   help="comma-separated forms the allocation may use (onnxruntime-cpu; default all: "
+                        "fp32,int8,w8,w4,w4a8)")
+    p.add_argument("--sweep", type=int, default=0, help="also solve a Pareto curve of this many budget points")
+    p.add_argument("--sweep-budget", default=None, help="budget the sweep varies (default: the first --budget)")
+    p.add_argument("--sweep-measure", type=int, default=3,
+                   help="onnxruntime-cpu with --onnx: sweep points exported and measured (default 3)")
     p.add_argument("--candidate-wbits", type=_int_list, default=(2, 3, 4, 5, 6, 8))
     p.add_argument("--candidate-abits", type=_int_list, default=(3, 4, 5, 6, 8))
     p.add_argument("--fix", action="append", type=_parse_fixed, default=[], help="LAYER=WBITS,ABITS; repeatable")
@@ -87,7 +100,8 @@ def add_quantize_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--output", default=None, help="folder to write the quantized bundle to")
-    p.add_argument("--onnx", action="store_true", help="also write model.onnx (QDQ) into --output")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx into --output (QDQ; with --target "
+                   "onnxruntime-cpu the exact mixed graph, checked against the simulation and timed)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_quantize)
 
@@ -113,7 +127,9 @@ def _build_config(args):
             head_bits=args.head_bits or None, budgets=dict(args.budget),
             candidate_wbits=tuple(args.candidate_wbits), candidate_abits=tuple(args.candidate_abits),
             fixed_layers=dict(args.fix), type_aware=not args.no_type_aware,
-            range_search=args.range_search,
+            range_search=args.range_search, target=args.target, block_size=args.block_size,
+            forms=tuple(args.forms), sweep=args.sweep, sweep_budget=args.sweep_budget,
+            sweep_measure=args.sweep_measure,
             **_given(iterative_rounds=args.iterative_rounds, reconstruct_iters=args.iters, reconstruct_rank=args.rank,
                      reconstruct=_RECONSTRUCT_ALIASES[args.reconstruct] if args.reconstruct else None),
         ),
@@ -134,6 +150,8 @@ def _summary(result) -> dict:
         "budgets": result.budgets,
         "artifact": str(result.artifact_dir) if result.artifact_dir else None,
         "warnings": list(getattr(result, "warnings", []) or []),
+        "predicted_latency_ms": m.get("predicted_latency_ms"),
+        "deployment": m.get("deployment"),
     }
 
 
@@ -175,11 +193,15 @@ def _print_table(summary: dict, out) -> None:
         print("\nbudget  limit  used", file=out)
         for name, usage in summary["budgets"].items():
             print(f"{name}  {_fmt(usage.get('limit'))}  {_fmt(usage.get('used'))}", file=out)
+    if summary.get("predicted_latency_ms") is not None:
+        deployment = summary.get("deployment") or {}
+        print(f"\nlatency (onnxruntime, batch 1): predicted {_fmt(summary['predicted_latency_ms'])} ms, "
+              f"measured {_fmt(deployment.get('latency_ms'))} ms", file=out)
     distinct = {(v["wbits"], v["abits"]) for v in summary["allocation"].values()}
     if len(distinct) > 2:
-        print("\nlayer  wbits  abits", file=out)
+        print("\nlayer  wbits  abits  form", file=out)
         for name, bits in summary["allocation"].items():
-            print(f"{name}  {bits['wbits']}  {bits['abits']}", file=out)
+            print(f"{name}  {bits['wbits']}  {bits['abits']}  {bits.get('form', '-')}", file=out)
     print("\nstage seconds: " + ", ".join(f"{k}={v:.2f}" for k, v in summary["timings"].items()), file=out)
 
 
@@ -247,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpq")
     sub = parser.add_subparsers(dest="command", required=True)
     add_quantize_parser(sub)
+    from .latency.cli import add_profile_latency_command
+
+    add_profile_latency_command(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

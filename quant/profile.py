@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -11,7 +12,7 @@ from .modules import QuantConv2d, QuantLayer, QuantLinear
 from .quantizers import FLOAT_BITS
 from .wrap import quant_layers
 
-__all__ = ["LayerProfile", "bits_summary", "cost_totals", "layer_costs", "profile_layers"]
+__all__ = ["LayerProfile", "bits_summary", "cost_totals", "layer_costs", "probe_layers", "profile_layers"]
 
 
 @dataclass(frozen=True)
@@ -58,15 +59,32 @@ def profile_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[
 
         return hook
 
+    probe_layers(model, input_shape, hook_for)
+    profiles = {}
+    for name, layer in layers.items():
+        macs, acts = counts.get(name, (0, 0))
+        params = layer.weight.numel() if layer.has_weight else 0
+        out_channels = layer.weight.shape[0] if layer.has_weight else 0
+        profiles[name] = LayerProfile(name, layer.component, params, out_channels, macs, acts)
+    return profiles
+
+
+@torch.no_grad()
+def probe_layers(model: nn.Module, input_shape: tuple[int, ...], hook_for: Callable[[str, QuantLayer], Callable]) -> None:
+    """One forward pass of a zero image of ``input_shape`` (C, H, W; batch 1) through a wrapped ``model`` with every
+    quantizer off (shapes only: no lazy calibration, no fake quantization) and ``hook_for(name, layer)`` installed as
+    each quantization layer's forward hook; quantizer switches and train/eval mode are restored afterwards."""
+    layers = quant_layers(model)
     handles = [layer.register_forward_hook(hook_for(name, layer)) for name, layer in layers.items()]
     was_training = model.training
     flags = {name: (layer.weight_quantizer.enabled if layer.has_weight else None,
                     [q.enabled for q in layer.activation_quantizers()]) for name, layer in layers.items()}
     model.eval()
     try:
-        for layer in layers.values():  # shapes only: no (lazy) calibration, no fake quantization
+        for layer in layers.values():
             layer.set_quant_enabled(False, False)
-        device = next(model.parameters()).device
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
         model(torch.zeros((1, *input_shape), device=device))
     finally:
         for handle in handles:
@@ -75,16 +93,9 @@ def profile_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[
             layer = layers[name]
             if layer.has_weight:
                 layer.weight_quantizer.enabled = weights
-            for quantizer, enabled in zip(layer.activation_quantizers(), activations):
+            for quantizer, enabled in zip(layer.activation_quantizers(), activations, strict=True):
                 quantizer.enabled = enabled
         model.train(was_training)
-    profiles = {}
-    for name, layer in layers.items():
-        macs, acts = counts.get(name, (0, 0))
-        params = layer.weight.numel() if layer.has_weight else 0
-        out_channels = layer.weight.shape[0] if layer.has_weight else 0
-        profiles[name] = LayerProfile(name, layer.component, params, out_channels, macs, acts)
-    return profiles
 
 
 def layer_costs(profile: LayerProfile, wbits: int, abits: int, totals: dict[str, float]) -> dict[str, float]:

@@ -4,8 +4,9 @@
   database first. When the database has no API key at all, it creates one for tenant ``local`` and prints it
   once at start (keep it: it is stored hashed and cannot be shown again).
 - ``mpq worker``: a Celery worker for the ``quantize`` queue (needs ``MPQ_BROKER_URL``).
-- ``mpq submit [--wait]``, ``mpq status [--follow]``, ``mpq download``: a client of the API (``MPQ_API_URL``,
-  ``MPQ_API_KEY``); ``--wait``/``--follow`` show a live progress bar from the job's event stream.
+- ``mpq submit [--wait]``, ``mpq status [--follow]``, ``mpq download``, ``mpq pareto``: a client of the API
+  (``MPQ_API_URL``, ``MPQ_API_KEY``); ``--wait``/``--follow`` show a live progress bar from the job's event stream;
+  ``mpq pareto JOB --budget wbits --points 16`` prints a finished job's Pareto curve (``--json`` for the raw body).
 - ``mpq keys create --tenant NAME [--expires-in 30d]``: make an API key (printed once); ``mpq keys list``,
   ``mpq keys revoke PREFIX`` (takes effect within 10 s on every API process: their key cache time).
 - ``mpq db upgrade`` / ``mpq db downgrade`` / ``mpq db current``: Alembic migrations on ``MPQ_DATABASE_URL``.
@@ -322,6 +323,51 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_values(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"values must be numbers separated by commas, got {text!r}"
+        ) from None
+
+
+def _pareto_table(curve: Any) -> list[str]:
+    """One line per point: value, objective, status, average weight bits, predicted latency, forms; * = chosen."""
+    lines = [
+        f"budget {curve.budget} ({curve.unit})",
+        "   value      objective  status         wbits   ms      forms",
+    ]
+    for point in curve.points:
+        objective = f"{point.objective:.6g}" if point.objective is not None else "-"
+        wbits = f"{point.wbits_avg:.3f}" if point.wbits_avg is not None else "-"
+        latency = f"{point.predicted_latency_ms:.3f}" if point.predicted_latency_ms is not None else "-"
+        forms = " ".join(f"{name}:{count}" for name, count in sorted((point.forms or {}).items())) or "-"
+        mark = "*" if point.chosen else " "
+        lines.append(
+            f"{mark} {point.value:<10.6g} {objective:<10} {point.status:<14} {wbits:<7} {latency:<7} {forms}"
+        )
+    return lines
+
+
+def _cmd_pareto(args: argparse.Namespace) -> int:
+    from service.client import APIError
+
+    with _client(args) as client:
+        try:
+            curve = client.pareto(
+                args.job_id, args.budget, args.points, args.values, time_limit=args.time_limit
+            )
+        except APIError as exc:
+            print(f"mpq pareto: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(curve.model_dump_json(indent=2))
+    else:
+        print("\n".join(_pareto_table(curve)))
+    return 0
+
+
 # ---- parser ---------------------------------------------------------------------------------------------------
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -419,12 +465,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(download)
     download.set_defaults(func=_cmd_download)
 
-    try:  # `mpq quantize` lives in quant/ (it needs torch); skip it if that part is not installed
+    pareto = sub.add_parser("pareto", help="sweep a budget over a finished job's stored tables")
+    pareto.add_argument("job_id")
+    pareto.add_argument(
+        "--budget", required=True, help="budget to sweep: wbits, abits, size, bops, latency, ..."
+    )
+    pareto.add_argument("--points", type=int, default=32, help="number of budget values, 2..256 (default 32)")
+    pareto.add_argument(
+        "--values",
+        type=_parse_values,
+        default=None,
+        help="explicit budget values, comma-separated (e.g. 3,4,5)",
+    )
+    pareto.add_argument("--time-limit", type=float, default=None, help="solver seconds per point")
+    pareto.add_argument("--json", action="store_true", help="print the response body as JSON")
+    _add_client_options(pareto)
+    pareto.set_defaults(func=_cmd_pareto)
+
+    try:  # `mpq quantize` / `mpq profile-latency` live in quant/ (they need torch); skip if not installed
         from quant.cli import add_quantize_parser
+        from quant.latency.cli import add_profile_latency_command
     except ImportError:
         pass
     else:
         add_quantize_parser(sub)
+        add_profile_latency_command(sub)
     return parser
 
 
