@@ -29,7 +29,7 @@ from .profile import LayerProfile, bits_summary, profile_layers
 from .ptq import PTQ_METHODS, quantize_ptq
 from .validation import calibration_warning, check_finite_weights
 from .validation import check_bits as _check_bits
-from .wrap import quant_layers, set_bits_, set_uniform_bits_
+from .wrap import quant_layers, set_bits_
 
 __all__ = [
     "InMemoryStageStore",
@@ -45,8 +45,8 @@ __all__ = [
 
 #: (stage, overall fraction 0..1, message)
 ProgressCallback = Callable[[str, float, str], None]
-_STAGE_SPAN = {"load": 0.05, "sensitivity": 0.25, "allocate": 0.05, "reconstruct": 0.45, "evaluate": 0.15,
-               "export": 0.05}
+_STAGE_SPAN = {"load": 0.05, "sensitivity": 0.22, "latency": 0.05, "allocate": 0.05, "reconstruct": 0.43,
+               "evaluate": 0.12, "export": 0.08}
 
 
 class StageStore(Protocol):
@@ -251,11 +251,17 @@ def run_pipeline(
 
     start = time.perf_counter()
     torch.manual_seed(config.seed)
+    # mixed jobs calibrate at a reference width (4 bits simulated); on a runtime target every job calibrates in
+    # the int8 form, which every layer kind executes, and the allocate stage then sets each layer's form
     ref_w = method.wbits if not method.budgets else 4
     ref_a = method.abits if not method.budgets else 4
+    ref_head = method.head_bits
+    if method.target != "sim":
+        ref_w = ref_a = ref_head = 8
     qmodel, reparam_reports = quantize_ptq(
         float_model, calib.images, method=method.quantizer, wbits=ref_w, abits=ref_a,
-        head_bits=method.head_bits, batch_size=config.data.batch_size, range_search=method.range_search,
+        head_bits=ref_head, batch_size=config.data.batch_size, range_search=method.range_search,
+        target=method.target, block_size=method.block_size,
         progress=lambda step, frac: run.report("load", 0.5 + 0.5 * frac, step),
     )
     run.timings["calibrate"] = time.perf_counter() - start
@@ -265,21 +271,25 @@ def run_pipeline(
 
     sensitivity = None
     if method.budgets:
-        from .allocation import allocate_stage
         from .sensitivity import sensitivity_stage
 
         sensitivity = run.stage(
             "sensitivity",
             lambda: sensitivity_stage(qmodel, float_model, calib, config, lambda f: run.report("sensitivity", f)),
         )
+    else:
+        run.stage("sensitivity", lambda: {"skipped": True, "reason": "uniform precision (no budgets)"})
+    latency = _latency_table(run.stage("latency", lambda: _latency_stage(qmodel, input_shape, config, run)))
+    if method.budgets:
+        from .allocation import allocate_stage
+
         allocation_out = run.stage(
             "allocate",
             lambda: allocate_stage(qmodel, float_model, calib, profiles, sensitivity, config,
-                                   lambda f: run.report("allocate", f)),
+                                   lambda f: run.report("allocate", f), latency=latency),
         )
     else:
-        run.stage("sensitivity", lambda: {"skipped": True, "reason": "uniform precision (no budgets)"})
-        allocation_out = run.stage("allocate", lambda: _uniform_allocation(qmodel, config))
+        allocation_out = run.stage("allocate", lambda: _uniform_allocation(qmodel, config, latency))
     set_bits_(qmodel, {name: (v["wbits"], v["abits"]) for name, v in allocation_out["allocation"].items()})
 
     reconstruct_out = run.stage("reconstruct", lambda: _reconstruct_stage(qmodel, float_model, calib, config, run))
@@ -296,6 +306,8 @@ def run_pipeline(
     metrics = dict(metrics_out["metrics"])
     if allocation_out.get("predicted_loss") is not None:
         metrics["predicted_kl"] = allocation_out["predicted_loss"]  # sum of Omega of the assignment (nats/image)
+    if allocation_out.get("predicted_latency_ms") is not None:
+        metrics["predicted_latency_ms"] = allocation_out["predicted_latency_ms"]  # table: rest + layers, batch 1
     result = PipelineResult(
         metrics=metrics,
         allocation=allocation_out["allocation"],
@@ -322,19 +334,27 @@ def run_pipeline(
         from .report_html import write_report_html
 
         recipe = PTQ_METHODS[method.quantizer]
+        artifact_dir.mkdir(parents=True, exist_ok=True)
+        files = ["model.safetensors", "quant_config.json", "report.json", "report.html"]
+        deployment = None
+        pareto = [dict(p) for p in allocation_out.get("pareto") or []]
+        if config.export_onnx:
+            deployment = _export_onnx(qmodel, artifact_dir / "model.onnx", input_shape, evaluation or calib,
+                                      config, allocation_out, pareto, lambda f, m: run.report("export", f, m))
+            files.append("model.onnx")
+            if deployment is not None:
+                result.metrics["deployment"] = deployment
         public = {key: value for key, value in result.to_dict().items() if key != "artifact_dir"}
         report = {"config": _public_config(config), **public, "reparam": [asdict(r) for r in reparam_reports]}
+        for point in pareto:
+            point.pop("assignment", None)
+        report["pareto"] = pareto
+        if latency is not None:
+            report["latency"] = _latency_report(latency, allocation_out, deployment)
         save_bundle(qmodel, artifact_dir, model_spec=config.model.model_dump(),
                     recipe={"softmax": recipe.softmax, "minmax": recipe.minmax}, report=report)
-        files = ["model.safetensors", "quant_config.json", "report.json"]
         write_report_html(report, artifact_dir / "report.html")
-        files.append("report.html")
-        if config.export_onnx:
-            from .onnx_export import export_onnx
-
-            export_onnx(qmodel, artifact_dir / "model.onnx", input_shape)
-            files.append("model.onnx")
-        return {"files": files}
+        return {"files": files, **({"deployment": deployment} if deployment else {})}
 
     run.stage("export", export_stage)
     result.timings = current_timings()
@@ -358,13 +378,111 @@ def _public_config(config: PipelineConfig) -> dict:
     return data
 
 
-def _uniform_allocation(qmodel: nn.Module, config: PipelineConfig) -> dict:
+def _uniform_allocation(qmodel: nn.Module, config: PipelineConfig, latency=None) -> dict:
     method = config.method
-    set_uniform_bits_(qmodel, method.wbits, method.abits, method.head_bits)
-    if method.fixed_layers:
-        set_bits_(qmodel, {k: tuple(v) for k, v in method.fixed_layers.items()})
+    fixed = {k: tuple(v) for k, v in method.fixed_layers.items()}
+    unknown = [name for name in fixed if name not in quant_layers(qmodel)]
+    if unknown:
+        set_bits_(qmodel, fixed)  # raises, naming the unknown layers
+    bits = {}
+    for name, layer in quant_layers(qmodel).items():
+        if name in fixed:
+            bits[name] = fixed[name]
+        elif method.head_bits is not None and layer.component in ("patch_embed", "head"):
+            bits[name] = (method.head_bits, method.head_bits)
+        else:
+            bits[name] = (method.wbits, method.abits)
+    set_bits_(qmodel, bits)  # fixed layers get their own bits directly: a runtime target may not run the uniform pair
     allocation = {name: {"wbits": layer.wbits, "abits": layer.abits} for name, layer in quant_layers(qmodel).items()}
-    return {"allocation": allocation, "budgets": {}, "mode": "uniform"}
+    out = {"allocation": allocation, "budgets": {}, "mode": "uniform"}
+    if latency is not None:
+        forms = _forms_of(qmodel)
+        out["allocation"] = {name: {**bits, "form": forms[name]} for name, bits in allocation.items()}
+        out["predicted_latency_ms"] = latency.predict(forms)
+    return out
+
+
+def _forms_of(qmodel: nn.Module) -> dict[str, str]:
+    """``{layer: form name}`` of a model wrapped for a runtime target."""
+    return {name: layer.form.name for name, layer in quant_layers(qmodel).items()}
+
+
+def _latency_stage(qmodel: nn.Module, input_shape, config: PipelineConfig, run: _Run) -> dict:
+    """Measure (or reuse from the on-disk cache) every layer's latency in every form on the target runtime."""
+    method = config.method
+    if method.target == "sim":
+        return {"skipped": True, "reason": "target sim: simulated bit-widths, no runtime to measure"}
+    from .latency import profile_latency
+    from .target.runtime import default_cache_dir
+
+    table = profile_latency(qmodel, tuple(input_shape), block_size=method.block_size, forms_allowed=method.forms,
+                            cache_dir=default_cache_dir(), progress=lambda f: run.report("latency", f))
+    return {"table": table.to_dict(), "target": method.target}
+
+
+def _latency_table(output: dict):
+    """The ``LatencyTable`` of a latency stage output, None when the stage was skipped."""
+    if not output.get("table"):
+        return None
+    from .latency import LatencyTable
+
+    return LatencyTable.from_dict(output["table"])
+
+
+def _latency_report(latency, allocation_out: dict, deployment: dict | None) -> dict:
+    """The report's latency section: per-layer ms of the chosen form, predicted and measured totals."""
+    allocation = allocation_out["allocation"]
+    layers = {name: {"form": entry.get("form"), "ms": latency.ms(name, entry["form"]) if entry.get("form") else None,
+                     "forms_ms": latency.layers.get(name, {})}
+              for name, entry in allocation.items()}
+    return {"key": latency.key, "fp32_ms": latency.fp32_ms, "rest_ms": latency.rest_ms,
+            "predicted_ms": allocation_out.get("predicted_latency_ms"),
+            "measured_ms": (deployment or {}).get("latency_ms"), "layers": layers}
+
+
+def _export_onnx(qmodel, path: Path, input_shape, images: ImageSet, config: PipelineConfig, allocation_out: dict,
+                 pareto: list[dict], progress) -> dict | None:
+    """Write ``model.onnx``; for a runtime target also check it, compare onnxruntime with the torch simulation on
+    ``images``, measure its latency and measure the sweep points marked ``measure`` (their exports are temporary).
+    Returns the deployment summary (None for the ``sim`` target)."""
+    from .onnx_export import export_onnx
+
+    progress(0.1, "exporting model.onnx")
+    export_onnx(qmodel, path, tuple(input_shape))
+    if config.method.target == "sim":
+        return None
+    import tempfile
+
+    from .target.deploy_check import check_onnx, compare_with_torch, measure_model_latency
+
+    check_onnx(path)
+    progress(0.3, "comparing onnxruntime with the simulation")
+    agreement = compare_with_torch(path, qmodel, images.images, images.labels, config.data.batch_size)
+    progress(0.5, "measuring onnxruntime latency")
+    measured = measure_model_latency(path, tuple(input_shape))
+    predicted = allocation_out.get("predicted_latency_ms")
+    deployment = {"runtime": config.method.target, "checked": True, **agreement,
+                  "latency_ms": measured["median_ms"], "latency": measured,
+                  "predicted_latency_ms": predicted,
+                  "prediction_error": (predicted / measured["median_ms"] - 1.0) if predicted and
+                  measured["median_ms"] else None}
+    to_measure = [p for p in pareto if p.get("assignment")]
+    if to_measure:
+        chosen = {name: (entry["wbits"], entry["abits"]) for name, entry in allocation_out["allocation"].items()}
+        try:
+            with tempfile.TemporaryDirectory(prefix="mpq-sweep-") as tmp:
+                for index, point in enumerate(to_measure):
+                    progress(0.6 + 0.4 * index / len(to_measure), f"measuring sweep point {index + 1}")
+                    set_bits_(qmodel, {n: tuple(v) for n, v in point["assignment"].items()})
+                    point_path = Path(tmp) / f"point{index}.onnx"
+                    export_onnx(qmodel, point_path, tuple(input_shape))
+                    point["measured_latency_ms"] = measure_model_latency(point_path, tuple(input_shape))["median_ms"]
+        finally:
+            set_bits_(qmodel, chosen)
+    for point in pareto:
+        if point.get("chosen"):
+            point["measured_latency_ms"] = measured["median_ms"]
+    return deployment
 
 
 def _reconstruct_stage(qmodel, float_model, calib, config, run) -> dict:

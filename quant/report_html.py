@@ -3,11 +3,15 @@
 ``write_report_html(report, path)`` renders the ``report`` dict that the pipeline's export stage builds (and that
 ``report.json`` holds): metrics, budgets, the per-layer bit assignment, the sensitivity heat map (layer x candidate
 bit-width), the Pareto curve of a budget sweep with the chosen point (``report["pareto"]``, a list of
-``{"budget", "value", "objective", "chosen"}``; "no sweep" when absent), allocation rounds and stage timings.
+``{"budget", "value", "objective", "chosen"}``, optionally ``measured_latency_ms``; "no sweep" when absent), the
+deployment section of a runtime target (per-layer form and measured milliseconds, predicted against measured
+whole-model latency, onnxruntime against the simulation; ``report["latency"]`` and ``metrics["deployment"]``),
+allocation rounds and stage timings.
 Every section copes with a missing or partial input and says what is absent instead of failing.
 
 Chart elements carry stable ids and classes (``#chart-bits rect.bar-w``, ``#chart-sensitivity rect.cell``,
-``#chart-pareto circle.pareto-point``, ``#chart-timings rect.bar-t``) so tests and users can find them; every mark
+``#chart-pareto circle.pareto-point``, ``#chart-pareto rect.pareto-measured`` (a point exported and measured on
+the runtime, drawn at its measured latency), ``#chart-timings rect.bar-t``, ``#deployment tr.layer-latency``) so tests and users can find them; every mark
 has an SVG ``<title>`` that browsers show as a tooltip.
 """
 
@@ -20,7 +24,7 @@ from pathlib import Path
 
 __all__ = ["render_report_html", "write_report_html"]
 
-_STAGE_ORDER = ("load", "calibrate", "sensitivity", "allocate", "reconstruct", "evaluate", "export")
+_STAGE_ORDER = ("load", "calibrate", "sensitivity", "latency", "allocate", "reconstruct", "evaluate", "export")
 _FLOAT_BITS = 16
 #: Sequential colour ramp (light yellow -> dark blue) for the heat map, low to high sensitivity.
 _RAMP = ((255, 255, 217), (199, 233, 180), (127, 205, 187), (65, 182, 196), (29, 145, 192), (34, 94, 168),
@@ -280,7 +284,9 @@ def _pareto_chart(report: dict) -> str:
         return _section("Pareto curve", _absent("no sweep: this job solved a single budget"), "pareto")
     width, height, left, right, top, bottom = 640, 340, 70, 20, 20, 46
     budgets = list(dict.fromkeys(str(p.get("budget", "")) for p in points))
-    xs, ys = [float(p["value"]) for p in points], [float(p["objective"]) for p in points]
+    measured = _measured_points(report, points)
+    xs = [float(p["value"]) for p in points] + [m[0] for m in measured]
+    ys = [float(p["objective"]) for p in points]
     xt, yt = _nice_ticks(min(xs), max(xs)), _nice_ticks(min(ys), max(ys))
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
 
@@ -309,9 +315,66 @@ def _pareto_chart(report: dict) -> str:
         body.append(f'<circle class="{cls}" cx="{sx(float(p["value"])):.1f}" cy="{sy(float(p["objective"])):.1f}" '
                     f'r="{r}" fill="{fill}"><title>{escape(str(p.get("budget", "")))} = {_fmt(float(p["value"]))}: '
                     f'objective {_fmt(float(p["objective"]))}{" (chosen)" if chosen else ""}</title></circle>')
+    for x, objective, chosen in measured:
+        body.append(f'<rect class="pareto-measured" x="{sx(x) - 4:.1f}" y="{sy(objective) - 4:.1f}" width="8" '
+                    f'height="8" fill="none" stroke="#1b998b" stroke-width="2"><title>measured on the runtime: '
+                    f'{_fmt(x)}{" (chosen)" if chosen else ""}, objective {_fmt(objective)}</title></rect>')
     chart = _svg("chart-pareto", width, height, body, "Pareto curve of the budget sweep")
-    return _section("Pareto curve", chart, "pareto", "predicted loss of the optimal assignment per budget; "
+    legend = ('<p class="note">green squares: points exported to ONNX and measured on the runtime, at their measured '
+              "latency</p>") if measured else ""
+    return _section("Pareto curve", chart + legend, "pareto", "predicted loss of the optimal assignment per budget; "
                     "red = the chosen point")
+
+
+def _measured_points(report: dict, points: list[dict]) -> list[tuple[float, float, bool]]:
+    """``(x in the budget's unit, objective, chosen)`` of the sweep points measured on the runtime (latency
+    budgets only: the measured milliseconds, or their fraction of the fp32 model)."""
+    fp32 = (report.get("latency") or {}).get("fp32_ms")
+    out = []
+    for p in points:
+        ms = p.get("measured_latency_ms")
+        if not isinstance(ms, (int, float)) or p.get("budget") not in ("latency", "latency_ms"):
+            continue
+        if p["budget"] == "latency":
+            if not isinstance(fp32, (int, float)) or fp32 <= 0:
+                continue
+            ms = ms / fp32
+        out.append((float(ms), float(p["objective"]), bool(p.get("chosen"))))
+    return out
+
+
+def _deployment_section(report: dict) -> str:
+    latency = report.get("latency") or {}
+    deployment = (report.get("metrics") or {}).get("deployment") or {}
+    if not latency and not deployment:
+        return ""
+    rows = []
+    for name, entry in (latency.get("layers") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        forms = entry.get("forms_ms") or {}
+        others = ", ".join(f"{escape(str(f))} {_fmt(ms, 3)}" for f, ms in forms.items())
+        rows.append(f'<tr class="layer-latency"><td>{escape(name)}</td><td>{escape(str(entry.get("form")))}</td>'
+                    f"<td class=num>{_fmt(entry.get('ms'), 4)}</td><td class=note>{others}</td></tr>")
+    cards = [
+        ("fp32 model (measured)", _fmt(latency.get("fp32_ms"), 3) + " ms"),
+        ("predicted", _fmt(latency.get("predicted_ms"), 3) + " ms"),
+        ("measured", _fmt(latency.get("measured_ms"), 3) + " ms"),
+        ("onnxruntime top-1", "n/a" if deployment.get("onnx_top1") is None else f"{deployment['onnx_top1']:.2f} %"),
+        ("torch top-1", "n/a" if deployment.get("torch_top1") is None else f"{deployment['torch_top1']:.2f} %"),
+        ("top-1 agreement", "n/a" if deployment.get("agreement") is None else f"{deployment['agreement']:.2f} %"),
+    ]
+    html = '<div class="cards">' + "".join(
+        f'<div class="card deploy"><b>{value}</b><span>{escape(name)}</span></div>' for name, value in cards) + "</div>"
+    key = latency.get("key") or {}
+    if key:
+        html += (f'<p class="note">measured with {escape(str(key.get("runtime", "")))} on '
+                 f'{escape(str(key.get("cpu", "")))}, batch 1; rest of the model (softmax, LayerNorm, GELU, adds): '
+                 f'{_fmt(latency.get("rest_ms"), 3)} ms</p>')
+    if rows:
+        html += ("<table><tr><th>layer</th><th>form</th><th>ms</th><th>every form (ms)</th></tr>"
+                 + "".join(rows) + "</table>")
+    return _section("Deployment", html, "deployment", "per-layer latency of the chosen form on the target runtime")
 
 
 def _timings_chart(report: dict) -> str:
@@ -376,6 +439,7 @@ def render_report_html(report: dict) -> str:
         _bits_chart(report),
         _sensitivity_chart(report),
         _pareto_chart(report),
+        _deployment_section(report),
         _rounds_section(report),
         _timings_chart(report),
         _section("Configuration", f"<details><summary>job configuration (JSON)</summary><pre>{raw}</pre></details>",
