@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     max_reconstruct_rank: int = Field(default=64, ge=1)
     #: Largest ``data.num_calibration`` (calibration images).
     max_calibration_images: int = Field(default=4096, ge=1)
+    #: Largest ``method.sweep_measure`` (Pareto points of an ``onnxruntime-cpu`` sweep exported and timed on the
+    #: worker, each an ONNX export plus an onnxruntime session).
+    max_sweep_measure: int = Field(default=16, ge=0)
     #: Address ``mpq serve`` binds to (loopback by default) and port.
     host: str = "127.0.0.1"
     port: int = 8000

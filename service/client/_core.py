@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from service.client.errors import APIError, error_for
 from service.client.models import Job, JobEvent
 
-__all__ = ["apply_event", "check_archive", "job_filters", "new_idempotency_key", "parse"]
+__all__ = ["apply_event", "check_archive", "job_filters", "new_idempotency_key", "pareto_body", "parse"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -47,6 +47,18 @@ def _iso(value: dt.datetime | str | None) -> str | None:
 def job_filters(**filters: Any) -> dict[str, Any]:
     """Query parameters of ``GET /v1/jobs`` without the unset ones (datetimes as ISO 8601)."""
     return {key: _iso(value) for key, value in filters.items() if value is not None}
+
+
+def pareto_body(
+    budget: str, points: int, values: list[float] | None, time_limit: float | None
+) -> dict[str, Any]:
+    """The body of ``POST /v1/jobs/{id}/pareto`` without the unset options."""
+    body: dict[str, Any] = {"budget": budget, "points": points}
+    if values is not None:
+        body["values"] = [float(value) for value in values]
+    if time_limit is not None:
+        body["time_limit"] = time_limit
+    return body
 
 
 def apply_event(job: Job, event: JobEvent) -> Job:

@@ -11,7 +11,14 @@ from typing import Any, Self
 
 import httpx
 
-from service.client._core import apply_event, job_filters, new_idempotency_key, parse, raise_for_error
+from service.client._core import (
+    apply_event,
+    job_filters,
+    new_idempotency_key,
+    pareto_body,
+    parse,
+    raise_for_error,
+)
 from service.client.models import (
     TERMINAL,
     Artifact,
@@ -20,6 +27,7 @@ from service.client.models import (
     JobEvent,
     JobPage,
     JobReport,
+    ParetoCurve,
     WebhookCreated,
 )
 from service.client.sse import parse_async
@@ -110,6 +118,19 @@ class AsyncMPQClient:
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
         body = {"budgets": budgets, **extra}
         return parse(await self.http.post(f"/v1/jobs/{job_id}/reallocate", json=body, headers=headers), Job)
+
+    async def pareto(
+        self,
+        job_id: str,
+        budget: str,
+        points: int = 32,
+        values: list[float] | None = None,
+        *,
+        time_limit: float | None = None,
+    ) -> ParetoCurve:
+        """The Pareto curve of ``budget`` solved from the job's stored tables (see :meth:`MPQClient.pareto`)."""
+        body = pareto_body(budget, points, values, time_limit)
+        return parse(await self.http.post(f"/v1/jobs/{job_id}/pareto", json=body), ParetoCurve)
 
     async def events(
         self, job_id: str, *, last_event_id: int | None = None, retries: int = 5

@@ -23,6 +23,8 @@ __all__ = [
     "Layer",
     "LogLine",
     "Model",
+    "ParetoCurve",
+    "ParetoPoint",
     "Stage",
     "Webhook",
     "WebhookCreated",
@@ -124,6 +126,29 @@ class JobReport(Model):
     result: dict[str, Any]
     layers: list[Layer]
     stages: list[Stage]
+
+
+class ParetoPoint(Model):
+    """One solved budget value of a sweep (``objective`` None when the value is infeasible)."""
+
+    budget: str
+    value: float
+    objective: float | None = None
+    status: str
+    chosen: bool = False
+    predicted_latency_ms: float | None = None
+    wbits_avg: float | None = None
+    forms: dict[str, int] | None = None
+
+
+class ParetoCurve(Model):
+    """``POST /v1/jobs/{id}/pareto``: the points of one budget's sweep, ``chosen`` = the job's own value."""
+
+    job_id: str
+    budget: str
+    unit: str
+    points: list[ParetoPoint]
+    chosen: float | None = None
 
 
 class JobEvent(Model):

@@ -17,6 +17,7 @@ from service.client._core import (
     check_archive,
     job_filters,
     new_idempotency_key,
+    pareto_body,
     parse,
     raise_for_error,
 )
@@ -31,6 +32,7 @@ from service.client.models import (
     JobPage,
     JobReport,
     LogLine,
+    ParetoCurve,
     Webhook,
     WebhookCreated,
 )
@@ -144,10 +146,25 @@ class MPQClient:
     def reallocate(
         self, job_id: str, budgets: dict[str, float], *, idempotency_key: str | None = None, **extra: Any
     ) -> Job:
-        """A new job with new budgets that reuses ``job_id``'s sensitivities."""
+        """A new job with new budgets that reuses ``job_id``'s sensitivities (and, for target onnxruntime-cpu, its
+        measured latency table): nothing is measured again."""
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
         body = {"budgets": budgets, **extra}
         return parse(self.http.post(f"/v1/jobs/{job_id}/reallocate", json=body, headers=headers), Job)
+
+    def pareto(
+        self,
+        job_id: str,
+        budget: str,
+        points: int = 32,
+        values: list[float] | None = None,
+        *,
+        time_limit: float | None = None,
+    ) -> ParetoCurve:
+        """The Pareto curve of ``budget`` (a budget name: wbits, latency_ms, ...) solved from the finished job's
+        stored tables: ``points`` evenly spread values, or exactly ``values`` (in the budget's unit)."""
+        body = pareto_body(budget, points, values, time_limit)
+        return parse(self.http.post(f"/v1/jobs/{job_id}/pareto", json=body), ParetoCurve)
 
     def logs(self, job_id: str) -> list[LogLine]:
         """The worker's stored log lines of the job."""

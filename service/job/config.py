@@ -97,6 +97,7 @@ def build_pipeline_config(
             seed=spec.seed,
             device=worker_device if spec.device == "auto" and worker_device else spec.device,
             preset=spec.preset,
+            export_onnx=spec.export_onnx,
         )
     except ValidationError as exc:
         raise UnprocessableEntity(
@@ -110,13 +111,14 @@ _LIMITS = (
     ("method.iterative_rounds", ("method", "iterative_rounds"), "max_iterative_rounds"),
     ("method.reconstruct_rank", ("method", "reconstruct_rank"), "max_reconstruct_rank"),
     ("data.num_calibration", ("data", "num_calibration"), "max_calibration_images"),
+    ("method.sweep_measure", ("method", "sweep_measure"), "max_sweep_measure"),
 )
 
 
 def check_limits(config: PipelineConfig, settings: Settings) -> None:
-    """422 ``limit_exceeded`` when the request asks for more iterations, rounds, rank or calibration images than
-    the operator allows (``MPQ_MAX_RECONSTRUCT_ITERS``, ``MPQ_MAX_ITERATIVE_ROUNDS``, ``MPQ_MAX_RECONSTRUCT_RANK``,
-    ``MPQ_MAX_CALIBRATION_IMAGES``)."""
+    """422 ``limit_exceeded`` when the request asks for more iterations, rounds, rank, calibration images or
+    measured sweep points than the operator allows (``MPQ_MAX_RECONSTRUCT_ITERS``, ``MPQ_MAX_ITERATIVE_ROUNDS``,
+    ``MPQ_MAX_RECONSTRUCT_RANK``, ``MPQ_MAX_CALIBRATION_IMAGES``, ``MPQ_MAX_SWEEP_MEASURE``)."""
     for field, (section, attribute), setting in _LIMITS:
         value = getattr(getattr(config, section), attribute, None)
         limit = getattr(settings, setting)

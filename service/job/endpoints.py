@@ -19,6 +19,8 @@ from service.job.schemas import (
     JobsPublic,
     JobSummary,
     LayerPublic,
+    ParetoPublic,
+    ParetoRequest,
     ReallocateRequest,
     StagePublic,
 )
@@ -147,7 +149,10 @@ def get_report(
     responses={
         200: {
             "content": {"application/zip": {}},
-            "description": "model.safetensors, quant_config.json, report.json",
+            "description": (
+                "model.safetensors, quant_config.json, report.json, report.html, and model.onnx when the job "
+                "asked for export_onnx"
+            ),
         },
         **error_responses(404, 409),
     },
@@ -180,10 +185,29 @@ def reallocate_job(
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> Response:
-    """A new job with a new budget that reuses this job's sensitivities (its sensitivity stage is ``reused``)."""
+    """A new job with a new budget that reuses this job's sensitivities and, for target ``onnxruntime-cpu``, its
+    measured latency table (its ``sensitivity`` and ``latency`` stages are ``reused``, nothing is measured again).
+    """
 
     def handler() -> tuple[int, JobPublic]:
         job = _service(request, session, settings).reallocate(tenant, job_id, body)
         return status.HTTP_202_ACCEPTED, JobPublic.model_validate(job)
 
     return run_idempotent(request, tenant, idempotency_key, body.model_dump(mode="json"), handler)
+
+
+@router.post("/{job_id}/pareto", response_model=ParetoPublic, responses=error_responses(404, 409, 503))
+def job_pareto(
+    job_id: uuid.UUID,
+    body: ParetoRequest,
+    request: Request,
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> ParetoPublic:
+    """Sweep one budget over the job's stored sensitivity (and latency) tables: the optimal allocation's
+    objective, average weight bits, form counts and predicted latency per budget value. Nothing is measured or
+    re-run; 409 ``sensitivity_unavailable`` for a job without a sensitivity table, 422 for a budget it cannot
+    sweep (``latency``/``latency_ms`` need a job with target ``onnxruntime-cpu``)."""
+    curve = _service(request, session, settings).pareto(tenant, job_id, body)
+    return ParetoPublic.model_validate(curve)

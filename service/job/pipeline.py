@@ -1,6 +1,7 @@
-"""The service's only door to :mod:`quant.pipeline` (imported lazily: it pulls in torch).
+"""The service's only door to :mod:`quant.pipeline` and :mod:`quant.pareto` (imported lazily: they pull in torch).
 
-Maps the pipeline's :class:`PipelineInputError` to the service's 422 so route handlers never see torch-side types.
+Maps the pipeline's :class:`PipelineInputError` to the service's 422 (409 for a job without a sensitivity table)
+so route handlers never see torch-side types.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from quant.config import PipelineConfig
-from service.kit.errors import ServiceUnavailable, UnprocessableEntity
+from quant.config import MethodSpec, PipelineConfig
+from service.kit.errors import Conflict, ServiceUnavailable, UnprocessableEntity
 
-__all__ = ["input_error_to_dict", "pipeline_module", "validate"]
+__all__ = ["input_error_to_dict", "pareto", "pipeline_module", "validate"]
 
 
 def pipeline_module() -> Any:
@@ -98,3 +99,36 @@ def validate(config: PipelineConfig) -> list[dict[str, Any]]:
             with _VALIDATED_LOCK:
                 _IN_FLIGHT.pop(key, None)
     return warnings
+
+
+#: ``PipelineInputError`` codes of a sweep that mean "this job has nothing to sweep yet": 409, not 422.
+_CONFLICT_CODES = frozenset({"sensitivity_unavailable"})
+
+
+def pareto(
+    stages: dict[str, dict[str, Any]],
+    method: MethodSpec,
+    budget: str,
+    *,
+    points: int,
+    values: list[float] | None,
+    time_limit: float,
+) -> dict[str, Any]:
+    """``quant.pareto.pareto_from_stages`` on a job's stored stage outputs (by stage name).
+
+    409 ``sensitivity_unavailable`` when there is no sensitivity table, 422 with the sweep's own code and message
+    (e.g. ``invalid_budget`` for latency without a latency table) for what the caller must change.
+    """
+    try:
+        from quant.errors import PipelineInputError
+        from quant.pareto import pareto_from_stages
+    except ImportError as exc:  # pragma: no cover - only while quant/pareto.py is missing
+        raise ServiceUnavailable(
+            f"budget sweeps are not available: {exc}", code="pareto_unavailable"
+        ) from exc
+    try:
+        return pareto_from_stages(stages, method, budget, points=points, values=values, time_limit=time_limit)
+    except PipelineInputError as exc:
+        error = input_error_to_dict(exc)
+        kind = Conflict if error["code"] in _CONFLICT_CODES else UnprocessableEntity
+        raise kind(error["message"], code=error["code"], details=error["details"]) from exc

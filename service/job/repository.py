@@ -48,7 +48,7 @@ class JobRepository:
 
     def get(self, tenant_id: uuid.UUID, job_id: uuid.UUID, *, with_details: bool = True) -> Job | None:
         statement = select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
-        if with_details:  # one round trip: the job and its six stage rows
+        if with_details:  # one round trip: the job and its stage rows
             statement = statement.options(joinedload(Job.stages))
         return self.session.execute(statement).unique().scalar_one_or_none()
 
@@ -206,6 +206,15 @@ class JobRepository:
                 JobStage.job_id == job_id, JobStage.name == name, JobStage.status.in_(_DONE_STAGE)
             )
         )
+
+    def stage_outputs(self, job_id: uuid.UUID) -> dict[str, dict[str, Any]]:
+        """``{stage name: output}`` of every finished, reused or skipped stage of the job, in pipeline order."""
+        rows = self.session.execute(
+            select(JobStage.name, JobStage.output)
+            .where(JobStage.job_id == job_id, JobStage.status.in_(_DONE_STAGE))
+            .order_by(JobStage.position)
+        )
+        return {name: output for name, output in rows if output is not None}
 
     def close_open_stages(self, job_id: uuid.UUID, now: dt.datetime) -> None:
         """At the end of a successful run: running stages -> finished, never-run stages -> skipped."""

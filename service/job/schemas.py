@@ -26,6 +26,9 @@ __all__ = [
     "JobsPublic",
     "LayerPublic",
     "ModelIn",
+    "ParetoPoint",
+    "ParetoPublic",
+    "ParetoRequest",
     "ReallocateRequest",
     "StagePublic",
 ]
@@ -86,20 +89,94 @@ class JobCreate(_Strict):
     #: ``quick`` (CPU demos), ``paper`` (the methods at their published settings) or ``auto`` (paper on a CUDA
     #: worker, quick elsewhere); settings given explicitly in ``method``/``data`` override it (``quant.presets``).
     preset: Literal["auto", "quick", "paper"] = "auto"
+    export_onnx: bool = Field(
+        default=False,
+        description=(
+            "Also write model.onnx into the bundle: opset 21 with com.microsoft ops; for target "
+            "onnxruntime-cpu each layer is exported in its chosen form (QDQ int8, MatMulNBits w8/w4/w4a8) and "
+            "runs in onnxruntime as measured"
+        ),
+    )
 
 
 class ReallocateRequest(_Strict):
-    """A new budget for a job whose sensitivities are reused (no sensitivity stage runs)."""
+    """A new budget for a job whose sensitivities (and, for target onnxruntime-cpu, latency table) are reused:
+    neither the sensitivity nor the latency stage runs again."""
 
     budgets: dict[str, float] = Field(
         min_length=1,
-        description=f"New budgets; keys among {', '.join(BUDGET_KEYS)}",
-        examples=[{"wbits": 3.5}],
+        description=(
+            f"New budgets; keys among {', '.join(BUDGET_KEYS)} (latency: fraction of the measured fp32 "
+            "latency; latency_ms: milliseconds per image at batch 1; both need target onnxruntime-cpu)"
+        ),
+        examples=[{"wbits": 3.5}, {"latency": 0.6}],
     )
     fixed_layers: dict[str, tuple[int, int]] | None = Field(
         default=None, description="Replaces the parent's fixed layers when given"
     )
     name: str = Field(default="", max_length=200)
+
+
+class ParetoRequest(_Strict):
+    """A budget sweep over a finished job's stored sensitivity (and latency) tables: one optimal allocation per
+    budget value, solved again from the tables (no model is loaded, nothing is measured)."""
+
+    budget: str = Field(
+        description=f"The budget to sweep, one of {', '.join(BUDGET_KEYS)}",
+        examples=["wbits", "latency_ms"],
+    )
+    points: int = Field(
+        default=32,
+        ge=2,
+        le=256,
+        description="Number of budget values the sweep solves, across the budget's achievable range "
+        "(ignored when values are given)",
+    )
+    values: list[float] | None = Field(
+        default=None, min_length=1, max_length=256, description="Explicit budget values to solve (each > 0)"
+    )
+    time_limit: float | None = Field(
+        default=None,
+        gt=0,
+        description="Solver seconds per point (default 5; capped by MPQ_ALLOCATE_MAX_TIME_LIMIT)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ParetoRequest:
+        if self.budget not in BUDGET_KEYS:
+            raise ValueError(f"unknown budget {self.budget!r}; known budgets: {', '.join(BUDGET_KEYS)}")
+        if self.values is not None and any(not value > 0 for value in self.values):
+            raise ValueError("every value must be a positive finite number")
+        return self
+
+
+class ParetoPoint(BaseModel):
+    """One solved budget value (in the curve's ``unit``): its objective (summed predicted loss increase, nats per
+    image; None when the value is infeasible), the solver status, and for the optimal allocation its average
+    weight bits and, for jobs with a latency table, its predicted latency (ms) and number of layers per form."""
+
+    model_config = ConfigDict(extra="allow")
+
+    budget: str
+    value: float
+    objective: float | None = None
+    status: str
+    chosen: bool = False
+    predicted_latency_ms: float | None = None
+    wbits_avg: float | None = None
+    forms: dict[str, int] | None = None
+
+
+class ParetoPublic(BaseModel):
+    """The Pareto curve of one budget (``unit`` of its values); ``chosen`` is the value the job itself used."""
+
+    model_config = ConfigDict(extra="allow")
+
+    job_id: uuid.UUID
+    budget: str
+    unit: str
+    points: list[ParetoPoint]
+    chosen: float | None = None
 
 
 class StagePublic(Schema):

@@ -1,4 +1,4 @@
-"""Job use cases for tenants: create (validated, 202), read, list, cancel, report, bundle, reallocate.
+"""Job use cases for tenants: create (validated, 202), read, list, cancel, report, bundle, reallocate, pareto.
 
 A job is accepted only after the pipeline's own checks pass on the resolved configuration; the job row and its
 stage rows are written in one transaction, so a rejected request leaves nothing behind.
@@ -26,14 +26,21 @@ from service.job.config import (
     workers_have_cuda,
 )
 from service.job.repository import JobRepository
-from service.job.schemas import JobCreate, ReallocateRequest
+from service.job.schemas import JobCreate, ParetoRequest, ReallocateRequest
 from service.kit.errors import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
 from service.models import Artifact, ArtifactKind, Job, JobLayer, JobStatus
 from service.models.job import TERMINAL_STATUSES
 from service.pagination import Page
 from service.settings import Settings
 
-__all__ = ["Dispatcher", "JobService", "NullDispatcher"]
+__all__ = ["DEFAULT_PARETO_TIME_LIMIT", "Dispatcher", "JobService", "NullDispatcher"]
+
+#: Stages a reallocation copies from its parent besides ``sensitivity`` (when the parent ran them): the measured
+#: latency table of an ``onnxruntime-cpu`` job. ``allocate`` and later stages depend on the budget and run again.
+_REUSED_STAGES = ("latency",)
+#: Solver seconds per point of ``POST /v1/jobs/{id}/pareto`` when the request gives none (at most the operator's
+#: ``MPQ_ALLOCATE_MAX_TIME_LIMIT``); the solver usually needs milliseconds per point.
+DEFAULT_PARETO_TIME_LIMIT = 5.0
 
 
 class Dispatcher(Protocol):
@@ -232,21 +239,36 @@ class JobService:
         return job
 
     # ---- reallocate ----------------------------------------------------------------------------------------
-    def reallocate(self, tenant: CurrentTenant, job_id: uuid.UUID, request: ReallocateRequest) -> Job:
-        """A new job with the parent's spec and a new budget, reusing the parent's sensitivity stage output."""
-        parent = self.get(tenant, job_id)
-        stage = self.jobs.stage(parent.id, "sensitivity")
-        output = self.jobs.stage_output(parent.id, "sensitivity")
+    def _reusable(self, job: Job, name: str) -> tuple[dict[str, Any], uuid.UUID] | None:
+        """The output of ``job``'s stage ``name`` and the job that computed it, when it ran (or was reused);
+        None for a stage that was skipped or has not finished."""
+        stage = self.jobs.stage(job.id, name)
+        output = self.jobs.stage_output(job.id, name)
         if stage is None or output is None or output.get("skipped") is True:
+            return None
+        return output, stage.reused_from or job.id
+
+    def reallocate(self, tenant: CurrentTenant, job_id: uuid.UUID, request: ReallocateRequest) -> Job:
+        """A new job with the parent's spec and a new budget, reusing the parent's sensitivity stage output and,
+        for target ``onnxruntime-cpu``, its measured latency table (a reallocation never measures again)."""
+        parent = self.get(tenant, job_id)
+        sensitivity = self._reusable(parent, "sensitivity")
+        if sensitivity is None:
             raise Conflict(
                 f"job {job_id} has no sensitivities to reuse (its sensitivity stage has not finished; "
                 "only mixed-precision jobs with budgets compute them)",
                 code="sensitivity_unavailable",
                 details={"status": parent.status.value},
             )
+        reused = {"sensitivity": sensitivity}
+        for name in _REUSED_STAGES:
+            if (output := self._reusable(parent, name)) is not None:
+                reused[name] = output
         spec_data = dict(parent.spec)
         method = dict(spec_data.get("method", {}))
         method["budgets"] = request.budgets
+        if method.get("sweep_budget") is not None and method["sweep_budget"] not in request.budgets:
+            del method["sweep_budget"]  # the parent swept a budget the new job does not have: sweep the first
         if request.fixed_layers is not None:
             method["fixed_layers"] = request.fixed_layers
         spec_data["method"] = method
@@ -259,10 +281,47 @@ class JobService:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
             raise UnprocessableEntity(
-                f"invalid reallocation: {where}: {first['msg']}",
+                f"invalid reallocation: {where}: {str(first['msg']).removeprefix('Value error, ')}",
                 code="invalid_budget",
                 details={"loc": [str(part) for part in first["loc"]]},
             ) from exc
         artifacts, warnings = self._validate(tenant, spec)
-        origin = stage.reused_from or parent.id
-        return self._insert(tenant, spec, artifacts, warnings, parent=parent, reused={"sensitivity": (output, origin)})
+        return self._insert(tenant, spec, artifacts, warnings, parent=parent, reused=reused)
+
+    # ---- pareto --------------------------------------------------------------------------------------------
+    def pareto(self, tenant: CurrentTenant, job_id: uuid.UUID, request: ParetoRequest) -> dict[str, Any]:
+        """The Pareto curve of ``request.budget`` solved from the job's stored stage outputs.
+
+        409 ``sensitivity_unavailable`` while the job has no sensitivity table (uniform-precision job, or its
+        sensitivity stage has not finished); 422 for a budget the job cannot sweep or a too long time limit.
+        """
+        job = self.get(tenant, job_id)
+        cap = self.settings.allocate_max_time_limit
+        time_limit = (
+            request.time_limit if request.time_limit is not None else min(DEFAULT_PARETO_TIME_LIMIT, cap)
+        )
+        if time_limit > cap:
+            raise UnprocessableEntity(
+                f"time_limit must be at most {cap:g} seconds (operator setting MPQ_ALLOCATE_MAX_TIME_LIMIT), "
+                f"got {time_limit:g}",
+                code="invalid_time_limit",
+                details={"max": cap},
+            )
+        if self._reusable(job, "sensitivity") is None:
+            raise Conflict(
+                f"job {job_id} has no sensitivity table to sweep (it is {job.status.value}; only "
+                "mixed-precision jobs with budgets compute one, in their sensitivity stage)",
+                code="sensitivity_unavailable",
+                details={"status": job.status.value},
+            )
+        stages = self.jobs.stage_outputs(job.id)
+        method = JobCreate.model_validate(job.spec).method
+        curve = pipeline.pareto(
+            stages,
+            method,
+            request.budget,
+            points=request.points,
+            values=request.values,
+            time_limit=time_limit,
+        )
+        return {**curve, "job_id": job.id}

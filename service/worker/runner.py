@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -76,15 +77,38 @@ def write_bundle(output_dir: Path, bundle: Path) -> tuple[str, int]:
     return digest.hexdigest(), bundle.stat().st_size
 
 
+#: Sections of the bundle's report.json that the job's result (``GET /v1/jobs/{id}/report``) repeats: the Pareto
+#: curve of a sweep (``method.sweep``) and the latency summary of an ``onnxruntime-cpu`` job.
+BUNDLE_REPORT_SECTIONS = ("pareto", "latency")
+
+
+def _bundle_sections(output_dir: Path) -> dict[str, Any]:
+    """The :data:`BUNDLE_REPORT_SECTIONS` the export stage wrote to ``output_dir/report.json`` (absent: none)."""
+    try:
+        report = json.loads((output_dir / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(report, dict):
+        return {}
+    return {key: report[key] for key in BUNDLE_REPORT_SECTIONS if report.get(key) not in (None, [], {})}
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _layer_sensitivity(
-    table: dict[str, Any], name: str, wbits: int | None, abits: int | None
+    table: dict[str, Any], name: str, wbits: int | None, abits: int | None, form: str | None = None
 ) -> float | None:
     """Predicted loss increase of a layer at its chosen bits from the sensitivity table
-    (``table.weight[layer][wbits] + table.act[layer][abits]``; a missing side counts as 0)."""
+    (``table.weight[layer][wbits] + table.act[layer][abits]``; a missing side counts as 0). Tables of a runtime
+    target (``onnxruntime-cpu``) are keyed by form name: ``form_weight[layer][form] + form_act[layer][form]``."""
+    if table.get("target", "sim") != "sim":
+        if form is None:
+            return None
+        parts = [_number(((table.get(key) or {}).get(name) or {}).get(form)) for key in ("form_weight", "form_act")]
+        known = [part for part in parts if part is not None]
+        return sum(known) if known else None
     weight = (table.get("weight") or {}).get(name) or {}
     act = (table.get("act") or {}).get(name) or {}
     parts = [
@@ -118,7 +142,8 @@ def _layers(job_id: uuid.UUID, result: dict[str, Any]) -> list[JobLayer]:
                 position=position,
                 wbits=wbits_int,
                 abits=abits_int,
-                sensitivity=_layer_sensitivity(table, name, wbits_int, abits_int),
+                sensitivity=_layer_sensitivity(table, name, wbits_int, abits_int,
+                                               entry.get("form") if isinstance(entry.get("form"), str) else None),
                 details=jsonable(details),
             )
         )
@@ -315,8 +340,11 @@ def execute_job(
             output_dir=output_dir,
             should_cancel=run.should_cancel,
         )
-        result_dict = run.redactor.value(jsonable(result.to_dict()))
+        result_dict = jsonable(result.to_dict())
         result_dict.pop("artifact_dir", None)
+        for key, section in _bundle_sections(output_dir).items():
+            result_dict.setdefault(key, section)
+        result_dict = run.redactor.value(result_dict)
         sha256, size = write_bundle(output_dir, job_dir / "bundle.zip")
         if run.finish(
             JobStatus.SUCCEEDED,

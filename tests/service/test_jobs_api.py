@@ -54,6 +54,7 @@ def test_valid_job_is_accepted_with_all_stages_pending(client, tenant, inputs) -
     assert [stage["name"] for stage in job["stages"]] == [
         "load",
         "sensitivity",
+        "latency",
         "allocate",
         "reconstruct",
         "evaluate",
@@ -112,10 +113,16 @@ BAD_JOBS = {
         "7",
     ),
     "unknown-budget": (
-        lambda i: _spec(i, budgets={"latency_ms": 3.0}),
+        lambda i: _spec(i, budgets={"joules": 3.0}),
         422,
         "validation_error",
         "unknown budget",
+    ),
+    "latency-budget-without-runtime-target": (
+        lambda i: _spec(i, budgets={"latency_ms": 3.0}),
+        422,
+        "validation_error",
+        "set target='onnxruntime-cpu'",
     ),
     "infeasible-budget": (lambda i: _spec(i, budgets={"wbits": 1.0}), 422, None, ""),
     "weights-artifact-is-images": (
