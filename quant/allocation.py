@@ -126,7 +126,8 @@ def build_problem(
             pairs.append(fixed)
         candidates = []
         for w, a in pairs:
-            costs = layer_costs(profile, w, a, totals)
+            form = form_for_bits(method.target, profile.component, w, a) if method.target != "sim" else None
+            costs = layer_costs(profile, w, a, totals, form, method.block_size)
             if latency is not None:
                 costs["latency"] = _layer_latency(latency, method, name, profile, w, a)
             candidates.append(Candidate(w, a, float(omega(name, w, a)) if omega else 0.0, costs))

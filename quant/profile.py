@@ -10,6 +10,7 @@ from torch import nn
 
 from .modules import QuantConv2d, QuantLayer, QuantLinear
 from .quantizers import FLOAT_BITS
+from .target import form_weight_bytes
 from .wrap import quant_layers
 
 __all__ = ["LayerProfile", "bits_summary", "cost_totals", "layer_costs", "probe_layers", "profile_layers"]
@@ -98,10 +99,13 @@ def probe_layers(model: nn.Module, input_shape: tuple[int, ...], hook_for: Calla
         model.train(was_training)
 
 
-def layer_costs(profile: LayerProfile, wbits: int, abits: int, totals: dict[str, float]) -> dict[str, float]:
+def layer_costs(profile: LayerProfile, wbits: int, abits: int, totals: dict[str, float], form=None,
+                block_size: int = 32) -> dict[str, float]:
     """Budget costs of one layer at ``(wbits, abits)``; ``totals`` has ``params`` and ``act_elements``.
 
-    size: packed weight bytes incl. per-channel fp16 scale and zero point (0 for matmuls, nothing at 16 bits);
+    size: packed weight bytes incl. per-channel fp16 scale and zero point (0 for matmuls, nothing at 16 bits); with
+    a runtime ``form`` (``quant.target.Form``) the bytes the deployed graph stores (``form_weight_bytes``: fp32
+    4 bytes per weight, int8 scales per channel, MatMulNBits scales and zero points per block of ``block_size``);
     bops: MACs * wbits * abits per image (matmuls: MACs * abits * abits, both operands are activations);
     wbits / abits: this layer's share of the parameter- / element-weighted average bits.
     """
@@ -111,6 +115,8 @@ def layer_costs(profile: LayerProfile, wbits: int, abits: int, totals: dict[str,
         bops = profile.macs * wbits * abits
     else:
         size, bops = 0.0, profile.macs * abits * abits
+    if form is not None:
+        size = form_weight_bytes(form, profile.params, profile.out_channels, block_size)
     return {
         "size": float(size),
         "bops": float(bops),
@@ -132,7 +138,8 @@ def bits_summary(model: nn.Module, profiles: dict[str, LayerProfile]) -> dict[st
     usage = {"size": 0.0, "bops": 0.0, "wbits": 0.0, "abits": 0.0}
     for name, layer in quant_layers(model).items():
         wbits = layer.wbits if layer.has_weight else FLOAT_BITS
-        for key, value in layer_costs(profiles[name], wbits, layer.abits, totals).items():
+        form = layer.form
+        for key, value in layer_costs(profiles[name], wbits, layer.abits, totals, form, layer.block_size).items():
             usage[key] += value
     return {"weights_avg": usage["wbits"], "activations_avg": usage["abits"], "bops": usage["bops"],
             "weight_bytes": usage["size"]}

@@ -9,6 +9,7 @@ from .forms import (
     FormError,
     form_by_name,
     form_for_bits,
+    form_weight_bytes,
     forms_for,
     layer_kind,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "FormError",
     "form_by_name",
     "form_for_bits",
+    "form_weight_bytes",
     "forms_for",
     "layer_kind",
 ]

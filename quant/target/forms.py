@@ -40,7 +40,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["FORMS", "FORM_NAMES", "TARGETS", "Form", "FormError", "form_by_name", "form_for_bits", "forms_for", "layer_kind"]
+__all__ = [
+    "FORMS",
+    "FORM_NAMES",
+    "TARGETS",
+    "Form",
+    "FormError",
+    "form_by_name",
+    "form_for_bits",
+    "form_weight_bytes",
+    "forms_for",
+    "layer_kind",
+]
 
 #: Deployment targets a job may name (``MethodSpec.target``).
 TARGETS = ("sim", "onnxruntime-cpu")
@@ -140,3 +151,21 @@ def form_by_name(target: str, component: str, name: str) -> Form:
             return form
     names = ", ".join(f.name for f in forms_for(target, component))
     raise FormError(f"target {target!r} has no form {name!r} for a {component} layer; its forms are {names}")
+
+
+def form_weight_bytes(form: Form, params: int, out_channels: int, block_size: int) -> float:
+    """Bytes the deployed graph stores for a layer's weight in ``form`` (the ONNX initializers; biases excluded).
+
+    ``fp32``: 4 bytes per parameter. ``int8``: 1 byte per parameter plus, per output channel, a float32 scale and an
+    int8 zero point. Block forms (``MatMulNBits``): ``bits / 8`` bytes per parameter of the zero-padded blocks plus,
+    per block, a float32 scale and a ``bits``-wide zero point. Weightless layers (``params == 0``): 0.
+    """
+    if params == 0:
+        return 0.0
+    if form.weights == "float":
+        return 4.0 * params
+    if form.weights == "channel":
+        return params + out_channels * 5.0
+    k = params // max(out_channels, 1)
+    blocks = -(-k // block_size)
+    return out_channels * blocks * (block_size * form.wbits / 8 + 4.0 + form.wbits / 8)

@@ -126,3 +126,23 @@ def test_the_report_has_a_filled_pareto_chart_and_the_latency_table(mixed):
     html = (root / "bundle" / "report.html").read_text()
     assert html.count('class="pareto-point') == 7 and html.count('class="pareto-measured"') == 2
     assert html.count('class="layer-latency"') == len(result.allocation)
+
+
+def test_the_size_cost_of_block_forms_is_what_the_graph_stores(mixed):
+    from onnx import numpy_helper
+
+    from quant.target import form_by_name, form_weight_bytes
+
+    result, _store, root, _limit, _ = mixed
+    model = onnx.load(str(root / "bundle" / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t).nbytes for t in model.graph.initializer}
+    stored = sum(inits[name] for node in model.graph.node if node.op_type == "MatMulNBits"
+                 for name in node.input[1:4] if name in inits)
+    profiles = result.stages["allocate"]["profiles"]
+    predicted = sum(
+        form_weight_bytes(form_by_name("onnxruntime-cpu", profiles[name]["component"], entry["form"]),
+                          profiles[name]["params"], profiles[name]["out_channels"], 32)
+        for name, entry in result.allocation.items() if entry["form"] in ("w8", "w4", "w4a8"))
+    if predicted == 0:
+        pytest.skip("this allocation chose no MatMulNBits form")
+    assert stored == pytest.approx(predicted, rel=1e-9)
