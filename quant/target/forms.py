@@ -158,7 +158,8 @@ def form_weight_bytes(form: Form, params: int, out_channels: int, block_size: in
 
     ``fp32``: 4 bytes per parameter. ``int8``: 1 byte per parameter plus, per output channel, a float32 scale and an
     int8 zero point. Block forms (``MatMulNBits``): ``bits / 8`` bytes per parameter of the zero-padded blocks plus,
-    per block, a float32 scale and a ``bits``-wide zero point. Weightless layers (``params == 0``): 0.
+    per block, a float32 scale and a ``bits``-wide zero point (each row's zero points padded to whole bytes).
+    Weightless layers (``params == 0``): 0.
     """
     if params == 0:
         return 0.0
@@ -168,4 +169,5 @@ def form_weight_bytes(form: Form, params: int, out_channels: int, block_size: in
         return params + out_channels * 5.0
     k = params // max(out_channels, 1)
     blocks = -(-k // block_size)
-    return out_channels * blocks * (block_size * form.wbits / 8 + 4.0 + form.wbits / 8)
+    zero_points = -(-blocks * form.wbits // 8)  # bytes per row: 4-bit zero points pack two per byte, rows padded
+    return out_channels * (blocks * (block_size * form.wbits / 8 + 4.0) + zero_points)

@@ -128,21 +128,39 @@ def test_the_report_has_a_filled_pareto_chart_and_the_latency_table(mixed):
     assert html.count('class="layer-latency"') == len(result.allocation)
 
 
-def test_the_size_cost_of_block_forms_is_what_the_graph_stores(mixed):
+def test_the_size_cost_of_block_forms_is_what_the_graph_stores(tmp_path):
     from onnx import numpy_helper
 
+    from quant.data import load_dataset
+    from quant.models import build_model
+    from quant.onnx_export import export_onnx
+    from quant.profile import layer_costs, profile_layers
+    from quant.ptq import quantize_ptq
     from quant.target import form_by_name, form_weight_bytes
+    from quant.wrap import quant_layers, set_bits_
 
-    result, _store, root, _limit, _ = mixed
-    model = onnx.load(str(root / "bundle" / "model.onnx"))
+    images = load_dataset("builtin:digits", split="calib", max_images=16).images
+    qmodel, _ = quantize_ptq(build_model("builtin:vit-digits", {}, None), images, method="minmax", wbits=8, abits=8,
+                             range_search="minmax", target="onnxruntime-cpu", block_size=32)
+    chosen = {"qkv": "w4", "fc1": "w8", "fc2": "w4a8", "proj": "w4"}
+    layers = quant_layers(qmodel)
+    bits = {}
+    for name, layer in layers.items():
+        if layer.component in chosen:
+            form = form_by_name("onnxruntime-cpu", layer.component, chosen[layer.component])
+            bits[name] = (form.wbits, form.abits)
+    set_bits_(qmodel, bits)
+    path = export_onnx(qmodel, tmp_path / "model.onnx", (3, 32, 32))
+    model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t).nbytes for t in model.graph.initializer}
-    stored = sum(inits[name] for node in model.graph.node if node.op_type == "MatMulNBits"
-                 for name in node.input[1:4] if name in inits)
-    profiles = result.stages["allocate"]["profiles"]
-    predicted = sum(
-        form_weight_bytes(form_by_name("onnxruntime-cpu", profiles[name]["component"], entry["form"]),
-                          profiles[name]["params"], profiles[name]["out_channels"], 32)
-        for name, entry in result.allocation.items() if entry["form"] in ("w8", "w4", "w4a8"))
-    if predicted == 0:
-        pytest.skip("this allocation chose no MatMulNBits form")
+    nodes = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
+    assert len(nodes) == len(bits)
+    stored = sum(inits[name] for node in nodes for name in node.input[1:4] if name)
+    profiles = profile_layers(qmodel, (3, 32, 32))
+    predicted = sum(form_weight_bytes(layers[name].form, profiles[name].params, profiles[name].out_channels, 32)
+                    for name in bits)
     assert stored == pytest.approx(predicted, rel=1e-9)
+    totals = {"params": 1, "act_elements": 1}
+    name = next(iter(bits))  # the size cost the ILP sees is the same number
+    assert layer_costs(profiles[name], *bits[name], totals, layers[name].form, 32)["size"] == pytest.approx(
+        form_weight_bytes(layers[name].form, profiles[name].params, profiles[name].out_channels, 32))

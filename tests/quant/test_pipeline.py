@@ -24,7 +24,8 @@ def test_w8a8_minmax_within_half_a_point_of_float(model):
     assert metrics["quantized"]["top1"] >= metrics["float"]["top1"] - 0.5
     assert metrics["quantized"]["agreement"] >= 98.0
     assert metrics["bits"]["weights_avg"] == pytest.approx(8.0)
-    assert set(result.stages) == {"load", "sensitivity", "allocate", "reconstruct", "evaluate", "export"}
+    assert set(result.stages) == {"load", "sensitivity", "latency", "allocate", "reconstruct", "evaluate", "export"}
+    assert result.stages["latency"]["skipped"] is True  # target sim: nothing to measure
 
 
 def test_mixed_precision_meets_budgets_and_reuses_sensitivity(monkeypatch):

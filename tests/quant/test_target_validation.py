@@ -34,9 +34,10 @@ def test_contract_constants():
     ({"budgets": {"latency_ms": 3.0}}, "set target='onnxruntime-cpu'"),
     ({"forms": ("w4",)}, "forms restrict the onnxruntime-cpu forms"),
     ({"target": "tensorrt"}, "Input should be 'sim' or 'onnxruntime-cpu'"),
-    ({"target": ORT}, ("wbits/abits (4, 4): target 'onnxruntime-cpu' cannot execute a linear layer at (wbits=4, "
-                      "abits=4); its forms are fp32=(w16, a16), int8=(w8, a8), w8=(w8, a16), w4=(w4, a16), "
-                      "w4a8=(w4, a8)")),
+    ({"target": ORT, "wbits": 4, "abits": 4},
+     ("wbits/abits (4, 4): target 'onnxruntime-cpu' cannot execute a linear layer at (wbits=4, "
+      "abits=4); its forms are fp32=(w16, a16), int8=(w8, a8), w8=(w8, a16), w4=(w4, a16), "
+      "w4a8=(w4, a8)")),
     ({"target": ORT, "wbits": 8, "abits": 8, "head_bits": 4},
      "head_bits 4 (as (4, 4) for the patch_embed): target 'onnxruntime-cpu' cannot execute a patch_embed layer"),
     ({"target": ORT, "budgets": {"latency": 0.5}, "fixed_layers": {"head": (3, 4)}},
@@ -88,3 +89,10 @@ def test_validate_config_accepts_target_jobs():
                  fixed_layers={"blocks.0.mlp.fc1": (4, 8), "blocks.0.attn.matmul_av": (16, 8)})
     assert validate_config(ok) == []
     assert validate_config(_config(target=ORT, wbits=4, abits=16)) == []
+
+
+def test_a_runtime_target_without_bits_defaults_to_the_int8_form():
+    method = MethodSpec(target=ORT)
+    assert (method.wbits, method.abits) == (8, 8)
+    assert (MethodSpec().wbits, MethodSpec().abits) == (4, 4)  # sim keeps its default
+    assert MethodSpec(target=ORT, wbits=4, abits=16).abits == 16  # given bits are kept
