@@ -29,14 +29,14 @@ from torch import nn
 
 from solver import Candidate, Layer, Problem, SolverInputError, solve
 
-from .config import MethodSpec, PipelineConfig
+from .config import LATENCY_BUDGETS, MethodSpec, PipelineConfig
 from .errors import PipelineInputError
 from .evaluate import predict_logits
 from .profile import LayerProfile, cost_totals, layer_costs
 from .quantizers import FLOAT_BITS
 from .sensitivity import SensitivityTable, measure_kl
 from .target import form_for_bits, forms_for
-from .wrap import quant_layers, set_bits_, set_quant_enabled_
+from .wrap import forms_of, quant_layers, set_bits_, set_quant_enabled_
 
 __all__ = [
     "allocate_stage",
@@ -72,7 +72,7 @@ def problem_budgets(budgets: dict[str, float], latency=None) -> dict[str, float]
     """The solver's budgets for the user's ``budgets``: ``latency`` (fraction of fp32) and ``latency_ms`` (whole
     model, ms) become one ``latency`` limit on the layers' summed milliseconds; without a latency table they are
     dropped (nothing to check them against yet). Other budgets pass through."""
-    out = {k: float(v) for k, v in budgets.items() if k not in ("latency", "latency_ms")}
+    out = {k: float(v) for k, v in budgets.items() if k not in LATENCY_BUDGETS}
     limits = []
     if latency is not None:
         if "latency" in budgets:
@@ -100,11 +100,6 @@ def user_latency(layers_ms: float, latency, key: str = "latency_ms") -> float:
     return total / latency.fp32_ms if key == "latency" else total
 
 
-def _layer_latency(latency, method: MethodSpec, name: str, profile: LayerProfile, wbits: int, abits: int) -> float:
-    form = form_for_bits(method.target, profile.component, wbits, abits)
-    return float(latency.ms(name, form.name))
-
-
 def build_problem(
     profiles: dict[str, LayerProfile],
     method: MethodSpec,
@@ -128,8 +123,8 @@ def build_problem(
         for w, a in pairs:
             form = form_for_bits(method.target, profile.component, w, a) if method.target != "sim" else None
             costs = layer_costs(profile, w, a, totals, form, method.block_size)
-            if latency is not None:
-                costs["latency"] = _layer_latency(latency, method, name, profile, w, a)
+            if latency is not None:  # a latency table exists only for a runtime target, so form is set
+                costs["latency"] = float(latency.ms(name, form.name))
             candidates.append(Candidate(w, a, float(omega(name, w, a)) if omega else 0.0, costs))
         layers.append(Layer(name=name, candidates=candidates, fixed=fixed))
     return Problem(layers=layers, budgets=problem_budgets(dict(method.budgets), latency))
@@ -252,8 +247,7 @@ def allocate_stage(qmodel, float_model, calib, profiles, sensitivity_out: dict, 
         "mode": "mixed",
     }
     if latency is not None:
-        forms = {n: form_for_bits(method.target, layers[n].component, w, a).name
-                 for n, (w, a) in result.assignment.items()}
+        forms = forms_of(qmodel)  # the assignment was applied above
         allocation_forms = {n: {**allocation[n], "form": forms[n]} for n in allocation}
         out["allocation"] = allocation_forms
         out["predicted_latency_ms"] = latency.predict(forms)

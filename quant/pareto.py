@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from solver import Problem, SolverInputError, pareto_sweep
 
 from .allocation import build_problem, user_latency
-from .config import BUDGET_KEYS, MethodSpec
+from .config import BUDGET_KEYS, LATENCY_BUDGETS, MethodSpec
 from .errors import PipelineInputError
 from .profile import LayerProfile
 from .sensitivity import SensitivityTable
@@ -31,11 +31,10 @@ __all__ = ["BUDGET_UNITS", "pareto_from_stages", "sweep_problem"]
 BUDGET_UNITS = {"wbits": "average weight bits", "abits": "average activation bits", "size": "bytes",
                 "bops": "bit-operations per image", "latency_ms": "ms per image (batch 1)",
                 "latency": "fraction of the measured fp32 latency"}
-_LATENCY_KEYS = ("latency", "latency_ms")
 
 
 def _solver_budget(budget: str) -> str:
-    return "latency" if budget in _LATENCY_KEYS else budget
+    return "latency" if budget in LATENCY_BUDGETS else budget
 
 
 def _range(problem: Problem, name: str) -> tuple[float, float]:
@@ -53,7 +52,7 @@ def _range(problem: Problem, name: str) -> tuple[float, float]:
 
 
 def _to_user(value: float, budget: str, latency) -> float:
-    return user_latency(value, latency, budget) if budget in _LATENCY_KEYS else value
+    return user_latency(value, latency, budget) if budget in LATENCY_BUDGETS else value
 
 
 def _from_user(value: float, budget: str, latency) -> float:
@@ -88,7 +87,7 @@ def sweep_problem(
     """
     if budget not in BUDGET_KEYS:
         raise PipelineInputError("invalid_budget", f"unknown budget {budget!r}; budgets are {', '.join(BUDGET_KEYS)}")
-    if budget in _LATENCY_KEYS and latency is None:
+    if budget in LATENCY_BUDGETS and latency is None:
         raise PipelineInputError("invalid_budget", f"budget {budget!r} needs a latency table: only jobs with target "
                                  "onnxruntime-cpu measure one")
     key = _solver_budget(budget)

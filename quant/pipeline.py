@@ -29,7 +29,7 @@ from .profile import LayerProfile, bits_summary, profile_layers
 from .ptq import PTQ_METHODS, quantize_ptq
 from .validation import calibration_warning, check_finite_weights
 from .validation import check_bits as _check_bits
-from .wrap import quant_layers, set_bits_
+from .wrap import forms_of, quant_layers, set_bits_, set_uniform_bits_
 
 __all__ = [
     "InMemoryStageStore",
@@ -380,31 +380,15 @@ def _public_config(config: PipelineConfig) -> dict:
 
 def _uniform_allocation(qmodel: nn.Module, config: PipelineConfig, latency=None) -> dict:
     method = config.method
-    fixed = {k: tuple(v) for k, v in method.fixed_layers.items()}
-    unknown = [name for name in fixed if name not in quant_layers(qmodel)]
-    if unknown:
-        set_bits_(qmodel, fixed)  # raises, naming the unknown layers
-    bits = {}
-    for name, layer in quant_layers(qmodel).items():
-        if name in fixed:
-            bits[name] = fixed[name]
-        elif method.head_bits is not None and layer.component in ("patch_embed", "head"):
-            bits[name] = (method.head_bits, method.head_bits)
-        else:
-            bits[name] = (method.wbits, method.abits)
-    set_bits_(qmodel, bits)  # fixed layers get their own bits directly: a runtime target may not run the uniform pair
+    set_uniform_bits_(qmodel, method.wbits, method.abits, method.head_bits,
+                      fixed={k: tuple(v) for k, v in method.fixed_layers.items()})
     allocation = {name: {"wbits": layer.wbits, "abits": layer.abits} for name, layer in quant_layers(qmodel).items()}
     out = {"allocation": allocation, "budgets": {}, "mode": "uniform"}
     if latency is not None:
-        forms = _forms_of(qmodel)
+        forms = forms_of(qmodel)
         out["allocation"] = {name: {**bits, "form": forms[name]} for name, bits in allocation.items()}
         out["predicted_latency_ms"] = latency.predict(forms)
     return out
-
-
-def _forms_of(qmodel: nn.Module) -> dict[str, str]:
-    """``{layer: form name}`` of a model wrapped for a runtime target."""
-    return {name: layer.form.name for name, layer in quant_layers(qmodel).items()}
 
 
 def _latency_stage(qmodel: nn.Module, input_shape, config: PipelineConfig, run: _Run) -> dict:

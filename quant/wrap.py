@@ -28,6 +28,7 @@ __all__ = [
     "SOFTMAX_QUANTIZERS",
     "check_block_size",
     "component_of",
+    "forms_of",
     "model_target",
     "quant_layers",
     "quantization_map",
@@ -152,13 +153,28 @@ def set_bits_(model: nn.Module, bits: Mapping[str, tuple[int, int]]) -> None:
         layers[name].set_bits(wbits, abits)
 
 
-def set_uniform_bits_(model: nn.Module, wbits: int, abits: int, head_bits: int | None = 8) -> None:
-    """Give every layer ``wbits``/``abits``; the patch embedding and head get ``head_bits`` (None = same)."""
-    for layer in quant_layers(model).values():
-        if head_bits is not None and layer.component in ("patch_embed", "head"):
+def set_uniform_bits_(model: nn.Module, wbits: int, abits: int, head_bits: int | None = 8,
+                      fixed: Mapping[str, tuple[int, int]] | None = None) -> None:
+    """Give every layer ``wbits``/``abits``; the patch embedding and head get ``head_bits`` (None = same), and the
+    layers named in ``fixed`` their own ``(wbits, abits)`` directly (a runtime target may not execute the uniform
+    pair on them). Unknown names in ``fixed`` raise ``KeyError`` listing examples, before any layer changes."""
+    layers = quant_layers(model)
+    fixed = dict(fixed or {})
+    unknown = [name for name in fixed if name not in layers]
+    if unknown:
+        raise KeyError(f"unknown quantization layers {unknown[:5]}; known layers include {list(layers)[:5]}")
+    for name, layer in layers.items():
+        if name in fixed:
+            layer.set_bits(*fixed[name])
+        elif head_bits is not None and layer.component in ("patch_embed", "head"):
             layer.set_bits(head_bits, head_bits)
         else:
             layer.set_bits(wbits, abits)
+
+
+def forms_of(model: nn.Module) -> dict[str, str]:
+    """``{layer: form name}`` of a model wrapped for a runtime target (``QuantLayer.form``)."""
+    return {name: layer.form.name for name, layer in quant_layers(model).items()}
 
 
 def set_quant_enabled_(model: nn.Module, weights: bool | None = None, activations: bool | None = None) -> None:
