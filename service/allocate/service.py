@@ -8,7 +8,18 @@ from service.allocate.schemas import AllocateRequest
 from service.kit.errors import ServiceUnavailable, UnprocessableEntity
 from service.kit.jsonable import jsonable
 
-__all__ = ["allocate"]
+__all__ = ["allocate", "check_time_limit"]
+
+
+def check_time_limit(time_limit: float, max_time_limit: float) -> None:
+    """422 ``invalid_time_limit`` when a request asks the solver for more seconds than the operator allows."""
+    if time_limit > max_time_limit:
+        raise UnprocessableEntity(
+            f"time_limit must be at most {max_time_limit:g} seconds (operator setting MPQ_ALLOCATE_MAX_TIME_LIMIT), "
+            f"got {time_limit:g}",
+            code="invalid_time_limit",
+            details={"max": max_time_limit},
+        )
 
 
 def allocate(request: AllocateRequest, *, max_time_limit: float) -> dict[str, Any]:
@@ -17,12 +28,7 @@ def allocate(request: AllocateRequest, *, max_time_limit: float) -> dict[str, An
     422 ``invalid_problem`` with the solver's rule when the input breaks one; 422 ``infeasible_budget`` with the
     minimum achievable value of every budget when no assignment meets them.
     """
-    if request.time_limit > max_time_limit:
-        raise UnprocessableEntity(
-            f"time_limit must be at most {max_time_limit:g} seconds, got {request.time_limit:g}",
-            code="invalid_time_limit",
-            details={"max": max_time_limit},
-        )
+    check_time_limit(request.time_limit, max_time_limit)
     try:
         from solver import Candidate, Layer, Problem, SolverInputError, solve
     except ImportError as exc:  # pragma: no cover - only without the solver package

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from service.allocate.service import check_time_limit
 from service.artifact.repository import ArtifactRepository
 from service.artifact.storage import BlobStore
 from service.auth.service import CurrentTenant
@@ -300,13 +301,7 @@ class JobService:
         time_limit = (
             request.time_limit if request.time_limit is not None else min(DEFAULT_PARETO_TIME_LIMIT, cap)
         )
-        if time_limit > cap:
-            raise UnprocessableEntity(
-                f"time_limit must be at most {cap:g} seconds (operator setting MPQ_ALLOCATE_MAX_TIME_LIMIT), "
-                f"got {time_limit:g}",
-                code="invalid_time_limit",
-                details={"max": cap},
-            )
+        check_time_limit(time_limit, cap)
         if self._reusable(job, "sensitivity") is None:
             raise Conflict(
                 f"job {job_id} has no sensitivity table to sweep (it is {job.status.value}; only "

@@ -106,15 +106,10 @@ def _layer_sensitivity(
     if table.get("target", "sim") != "sim":
         if form is None:
             return None
-        parts = [_number(((table.get(key) or {}).get(name) or {}).get(form)) for key in ("form_weight", "form_act")]
-        known = [part for part in parts if part is not None]
-        return sum(known) if known else None
-    weight = (table.get("weight") or {}).get(name) or {}
-    act = (table.get("act") or {}).get(name) or {}
-    parts = [
-        _number(weight.get(str(wbits))) if weight else None,
-        _number(act.get(str(abits))) if act else None,
-    ]
+        sides = (("form_weight", form), ("form_act", form))
+    else:
+        sides = (("weight", str(wbits)), ("act", str(abits)))
+    parts = [_number(((table.get(key) or {}).get(name) or {}).get(entry)) for key, entry in sides]
     known = [part for part in parts if part is not None]
     return sum(known) if known else None
 

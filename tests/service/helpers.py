@@ -1,9 +1,10 @@
-"""Small builders shared by the service tests: safetensors payloads and tiny models."""
+"""Small builders shared by the service tests: safetensors payloads, tiny models, running a job in-process."""
 
 from __future__ import annotations
 
 import io
 import pickle
+import uuid
 from typing import Any
 
 import torch
@@ -60,3 +61,11 @@ def upload(
 ) -> Any:
     data = {"kind": kind} if kind else None
     return client.post("/v1/artifacts", headers=headers, files={"file": (name, payload)}, data=data)
+
+
+def run_job_here(client: Any, settings: Any, job_id: str, worker_id: str = "test") -> Any:
+    """Run a queued job to its end in this process with the worker's own ``execute_job`` (returns its status)."""
+    from service.worker.runner import execute_job
+
+    return execute_job(uuid.UUID(job_id), session_factory=client.app.state.session_factory, settings=settings,
+                       worker_id=worker_id)

@@ -24,9 +24,9 @@ from fastapi.testclient import TestClient
 
 from service.models import JobStatus
 from service.settings import Settings
-from service.worker.runner import execute_job
 
 from .conftest import error_of, row_counts
+from .helpers import run_job_here
 
 pytestmark = pytest.mark.slow
 
@@ -53,15 +53,6 @@ def _budget_ms(table: dict[str, Any], position: float) -> float:
 
 def _spec(method: dict[str, Any], **top: Any) -> dict[str, Any]:
     return {**BASE, "method": {**FAST, **method}, **top}
-
-
-def _run(client: TestClient, settings: Settings, job_id: str) -> JobStatus | None:
-    return execute_job(
-        uuid.UUID(job_id),
-        session_factory=client.app.state.session_factory,
-        settings=settings,
-        worker_id="test:deploy",
-    )
 
 
 def _stages(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -208,7 +199,7 @@ def test_export_onnx_puts_a_model_onnxruntime_runs_into_the_bundle(
 ) -> None:
     spec = _spec({"wbits": 8, "abits": 8}, export_onnx=True)
     job_id = client.post("/v1/jobs", headers=tenant.headers, json=spec).json()["id"]
-    assert _run(client, settings, job_id) == JobStatus.SUCCEEDED
+    assert run_job_here(client, settings, job_id) == JobStatus.SUCCEEDED
     job = client.get(f"/v1/jobs/{job_id}", headers=tenant.headers).json()
     assert job["status"] == "succeeded", job["error"]
     assert "model.onnx" in _stages(job)["export"]["output"]["files"]
@@ -221,7 +212,7 @@ def test_export_onnx_puts_a_model_onnxruntime_runs_into_the_bundle(
     # without the flag there is no model.onnx
     spec = _spec({"wbits": 8, "abits": 8})
     plain = client.post("/v1/jobs", headers=tenant.headers, json=spec).json()["id"]
-    assert _run(client, settings, plain) == JobStatus.SUCCEEDED
+    assert run_job_here(client, settings, plain) == JobStatus.SUCCEEDED
     assert not (_bundle(client, tenant.headers, plain, tmp_path / "plain") / "model.onnx").exists()
 
 
@@ -236,7 +227,7 @@ def deployed(client: TestClient, settings: Settings, latency_cache: Path) -> dic
     # a uniform job measures the table (and caches it); the budgeted job then sits between its extremes
     probe = client.post("/v1/jobs", headers=headers, json=_spec({"target": "onnxruntime-cpu", "head_bits": None}))
     assert probe.status_code == 202, probe.text
-    assert _run(client, settings, probe.json()["id"]) == JobStatus.SUCCEEDED
+    assert run_job_here(client, settings, probe.json()["id"]) == JobStatus.SUCCEEDED
     table = _stages(client.get(f"/v1/jobs/{probe.json()['id']}", headers=headers).json())["latency"]["output"]["table"]
     limit_ms = _budget_ms(table, LATENCY)
     spec = _spec({"target": "onnxruntime-cpu", "head_bits": None, "budgets": {"latency_ms": limit_ms}},
@@ -244,7 +235,7 @@ def deployed(client: TestClient, settings: Settings, latency_cache: Path) -> dic
     response = client.post("/v1/jobs", headers=headers, json=spec)
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    _run(client, settings, job_id)
+    run_job_here(client, settings, job_id)
     job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
     assert job["status"] == "succeeded", job["error"]
     return {"id": job_id, "headers": headers, "job": job, "limit_ms": limit_ms}
@@ -298,7 +289,7 @@ def test_a_reallocation_reuses_the_latency_table_without_measuring(
     for name in ("sensitivity", "latency"):
         stage = _stages(child)[name]
         assert stage["status"] == "reused" and stage["reused_from"] == deployed["id"], stage
-    assert _run(client, settings, child["id"]) == JobStatus.SUCCEEDED
+    assert run_job_here(client, settings, child["id"]) == JobStatus.SUCCEEDED
     child = client.get(f"/v1/jobs/{child['id']}", headers=headers).json()
     assert child["status"] == "succeeded", child["error"]
     stages = _stages(child)

@@ -21,10 +21,17 @@ from fastapi.testclient import TestClient
 from service.artifact.storage import BlobStore
 from service.kit.errors import UnprocessableEntity
 from service.models import JobStatus
-from service.worker.runner import execute_job
 
 from .conftest import error_of
-from .helpers import TINY_VIT, TINY_VIT_IMAGE, TINY_VIT_KWARGS, images_bytes, tiny_vit_weights, upload
+from .helpers import (
+    TINY_VIT,
+    TINY_VIT_IMAGE,
+    TINY_VIT_KWARGS,
+    images_bytes,
+    run_job_here,
+    tiny_vit_weights,
+    upload,
+)
 
 TRACEBACK = "Traceback (most recent call last)"
 
@@ -63,15 +70,6 @@ def _spec(inputs: dict[str, str], **method: Any) -> dict[str, Any]:
     }
 
 
-def _run(client, settings, job_id: str) -> JobStatus | None:
-    return execute_job(
-        uuid.UUID(job_id),
-        session_factory=client.app.state.session_factory,
-        settings=settings,
-        worker_id="test:leaks",
-    )
-
-
 def _blob(settings, client, tenant, artifact_id: str):
     sha = client.get(f"/v1/artifacts/{artifact_id}", headers=tenant.headers).json()["sha256"]
     return BlobStore(settings.artifact_dir).blob_path(sha)
@@ -83,7 +81,7 @@ def test_a_finished_job_its_report_and_bundle_show_no_server_path(client, tenant
     )
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    assert _run(client, settings, job_id) == JobStatus.SUCCEEDED
+    assert run_job_here(client, settings, job_id) == JobStatus.SUCCEEDED
     job = client.get(f"/v1/jobs/{job_id}", headers=tenant.headers).json()
     assert job["status"] == "succeeded", job["error"]
     _assert_clean(job, settings, "GET /v1/jobs/{id}")
@@ -118,7 +116,7 @@ def test_an_unexpected_crash_records_no_traceback_and_no_path(
     monkeypatch.setattr(quant.pipeline, "run_pipeline", crash)
     job_id = client.post("/v1/jobs", headers=tenant.headers, json=_spec(inputs, wbits=6)).json()["id"]
     with caplog.at_level(logging.ERROR, logger="mpq.worker"):
-        assert _run(client, settings, job_id) == JobStatus.FAILED
+        assert run_job_here(client, settings, job_id) == JobStatus.FAILED
     job = client.get(f"/v1/jobs/{job_id}", headers=tenant.headers).json()
     assert job["error"]["code"] == "internal_error"
     assert job["error"]["details"] == {"job_id": job_id}
@@ -142,7 +140,7 @@ def test_an_input_error_in_the_worker_names_the_artifact_not_its_blob(
 
     monkeypatch.setattr(quant.pipeline, "run_pipeline", bad_data)
     job_id = client.post("/v1/jobs", headers=tenant.headers, json=_spec(inputs, wbits=5)).json()["id"]
-    assert _run(client, settings, job_id) == JobStatus.FAILED
+    assert run_job_here(client, settings, job_id) == JobStatus.FAILED
     job = client.get(f"/v1/jobs/{job_id}", headers=tenant.headers).json()
     assert job["error"]["code"] == "invalid_data"
     assert job["error"]["message"] == f"artifact {inputs['calib']} is not a readable safetensors file"
@@ -167,7 +165,7 @@ def test_out_of_memory_fails_the_job_with_what_to_reduce_and_the_worker_lives_on
     )
     monkeypatch.setattr(quant.pipeline, "run_pipeline", oom)
     failing = client.post("/v1/jobs", headers=tenant.headers, json=_spec(inputs, wbits=3)).json()["id"]
-    assert _run(client, settings, failing) == JobStatus.FAILED
+    assert run_job_here(client, settings, failing) == JobStatus.FAILED
     error = client.get(f"/v1/jobs/{failing}", headers=tenant.headers).json()["error"]
     assert error["code"] == "out_of_memory"
     assert (
@@ -177,7 +175,7 @@ def test_out_of_memory_fails_the_job_with_what_to_reduce_and_the_worker_lives_on
 
     monkeypatch.setattr(quant.pipeline, "run_pipeline", real)  # the same worker takes the next job
     following = client.post("/v1/jobs", headers=tenant.headers, json=_spec(inputs, wbits=4)).json()["id"]
-    assert _run(client, settings, following) == JobStatus.SUCCEEDED
+    assert run_job_here(client, settings, following) == JobStatus.SUCCEEDED
     assert calls["empty_cache"] == 2
 
 

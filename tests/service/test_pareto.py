@@ -20,11 +20,10 @@ from fastapi.testclient import TestClient
 
 from service.auth.service import create_key
 from service.client import AsyncMPQClient, ConflictError, MPQClient, ParetoCurve, ValidationError
-from service.models import JobStatus
 from service.settings import Settings
-from service.worker.runner import execute_job
 
 from .conftest import error_of, row_counts
+from .helpers import run_job_here
 from .live import LiveServer
 
 pytestmark = pytest.mark.slow
@@ -51,16 +50,6 @@ SPEC: dict[str, Any] = {
 }
 
 
-def run_job(client: TestClient, settings: Settings, job_id: str) -> JobStatus | None:
-    """Run a queued job to its end in this process with the worker's own code."""
-    return execute_job(
-        uuid.UUID(job_id),
-        session_factory=client.app.state.session_factory,
-        settings=settings,
-        worker_id="test:pareto",
-    )
-
-
 @pytest.fixture(scope="module")
 def sweep_job(client: TestClient, settings: Settings) -> dict[str, Any]:
     """The finished sweep job: ``{"id", "headers", "key", "tenant"}``."""
@@ -70,7 +59,7 @@ def sweep_job(client: TestClient, settings: Settings) -> dict[str, Any]:
     response = client.post("/v1/jobs", headers=headers, json=SPEC)
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    run_job(client, settings, job_id)
+    run_job_here(client, settings, job_id)
     job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
     assert job["status"] == "succeeded", job["error"]
     return {"id": job_id, "headers": headers, "key": created.key, "tenant": created.tenant}
