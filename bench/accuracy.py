@@ -3,9 +3,9 @@
 Sections (``--section``, default all):
 - ``ptq``: method (minmax, repq, dopq) x bits (W8A8, W6A6, W4A4, W3A3), uniform precision (patch embedding and
   head at 8 bits).
-- ``mixed``: LampQ mixed precision vs uniform precision at the same average weight and activation bits,
-  type-aware vs raw Fisher, with and without the iterative update; plus the rank correlation between predicted
-  Omega and the measured KL of quantizing one layer at a time.
+- ``mixed``: LampQ mixed precision vs uniform W3A4/W4A4 at average weight bits 2.5/3/3.5/4 and at the uniform jobs'
+  own averages, predicted vs measured KL, without the iterative update and with ``range_search=minmax``
+  (``bench/mixed.py``).
 - ``reconstruct``: FIMA-Q (fisher_dplr) vs MSE reconstruction vs none, at W4A4 and W3A3.
 - ``calib``: range calibration ``range_search="minmax"`` (fast) vs ``"output"`` (output-aware search), recipes
   minmax/repq/dopq at W4A4 and W3A3: top-1, KL, test cross-entropy, calibration wall and CPU seconds, and the
@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant.config import DataSpec, MethodSpec, ModelSpec, PipelineConfig
-from quant.pipeline import InMemoryStageStore, run_pipeline
+from quant.pipeline import run_pipeline
 
 BITS = ((8, 8), (6, 6), (4, 4), (3, 3))
 METHODS = ("minmax", "repq", "dopq")
@@ -88,85 +88,6 @@ def section_ptq(model: str, markdown: bool) -> None:
             float_top1 = result.metrics["float"]["top1"]
             rows.append(_row(f"W{wbits}A{abits} {method}", result, f"{time.perf_counter() - start:.1f}s"))
     _print(f"{model}: PTQ methods x bits (float top-1 {float_top1:.2f}%)", HEADER, rows, markdown)
-
-
-def _spearman(a: list[float], b: list[float]) -> float:
-    ra = torch.tensor(a).argsort().argsort().float()
-    rb = torch.tensor(b).argsort().argsort().float()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
-
-
-def section_mixed(model: str, markdown: bool, wbits: int = 3, abits: int = 4) -> None:
-    rows = []
-    uniform = run_pipeline(_config(model, quantizer="dopq", wbits=wbits, abits=abits))
-    budget = {
-        "wbits": uniform.metrics["bits"]["weights_avg"],
-        "abits": uniform.metrics["bits"]["activations_avg"],
-    }
-    rows.append(_row(f"uniform W{wbits}A{abits}", uniform, "head/patch at 8 bits"))
-
-    store = InMemoryStageStore()
-    mixed = run_pipeline(_config(model, quantizer="dopq", budgets=budget), store=store)
-    sensitivity = store.load("sensitivity")
-    rows.append(_row("mixed, type-aware", mixed, f"sensitivity {sensitivity['seconds']:.1f}s"))
-
-    raw = run_pipeline(
-        _config(model, quantizer="dopq", budgets=budget, type_aware=False),
-        store=InMemoryStageStore(outputs={"sensitivity": sensitivity}),
-    )
-    rows.append(_row("mixed, no type scaling", raw, "same Fisher table, factors off"))
-
-    iterative = run_pipeline(
-        _config(model, quantizer="dopq", budgets=budget, iterative_rounds=3),
-        store=InMemoryStageStore(outputs={"sensitivity": sensitivity}),
-    )
-    rounds = iterative.stages["allocate"]["rounds"]
-    rows.append(_row("mixed, type-aware + iterative", iterative, f"{len(rounds) - 1} rounds"))
-    _print(
-        f"{model}: mixed vs uniform at avg W {budget['wbits']:.2f} / A {budget['abits']:.2f} bits",
-        HEADER,
-        rows,
-        markdown,
-    )
-    _rank_correlation(model, sensitivity, markdown)
-
-
-def _rank_correlation(model: str, sensitivity: dict, markdown: bool) -> None:
-    from quant.allocation import measure_layer_kl
-    from quant.data import load_dataset
-    from quant.models import build_model
-    from quant.ptq import quantize_ptq
-    from quant.sensitivity import SensitivityTable
-    from quant.wrap import quant_layers
-
-    torch.manual_seed(0)
-    float_model = build_model(f"builtin:{model}")
-    calib = load_dataset("builtin:digits", split="calib", model_name=f"builtin:{model}")
-    qmodel, _ = quantize_ptq(float_model, calib.images, method="dopq", wbits=4, abits=4)
-    table = SensitivityTable.from_dict(sensitivity["table"])
-    names = list(quant_layers(qmodel))
-    rows = []
-    for wbits, abits in ((3, 4), (4, 3)):
-        assignment = {n: ((wbits if quant_layers(qmodel)[n].has_weight else 16), abits) for n in names}
-        measured = measure_layer_kl(qmodel, calib.images[:128], assignment)
-        aware = [table.omega(n, *assignment[n], type_aware=True) for n in names]
-        raw = [table.omega(n, *assignment[n], type_aware=False) for n in names]
-        meas = [measured[n] for n in names]
-        rows.append(
-            [
-                f"one layer at W{wbits}A{abits}",
-                f"{_spearman(aware, meas):.3f}",
-                f"{_spearman(raw, meas):.3f}",
-                str(len(names)),
-            ]
-        )
-    _print(
-        f"{model}: Spearman rank correlation, predicted Omega vs measured per-layer KL",
-        ["probe", "type-aware", "raw Fisher", "layers"],
-        rows,
-        markdown,
-    )
 
 
 def section_reconstruct(model: str, markdown: bool, iters: int) -> None:
@@ -266,7 +187,9 @@ def main() -> None:
         if args.section in ("ptq", "all"):
             section_ptq(model, args.markdown)
         if args.section in ("mixed", "all"):
-            section_mixed(model, args.markdown)
+            from mixed import section_mixed
+
+            section_mixed(model, args.markdown, _print)
         if args.section in ("reconstruct", "all"):
             section_reconstruct(model, args.markdown, args.iters)
         if args.section in ("calib", "all"):

@@ -116,7 +116,7 @@ def bench_onnx(markdown: bool) -> None:
     import onnx
     import onnxruntime as ort
 
-    from quant.onnx_export import export_onnx
+    from quant.export import export_onnx
 
     name = "builtin:vit-digits"
     float_model = build_model(name)

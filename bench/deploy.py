@@ -18,7 +18,7 @@ uniform ones keep them at 8 bits, as the usual recipes do.
 
 Every exported ``model.onnx`` is then timed again, interleaved (each round runs every variant once, in a shuffled
 order, each timed run primed by an untimed one), median of ``--rounds`` rounds at batch 1 with the sessions the
-latency table is measured with (``quant.latency.measure``: mpq's session options, pools not left spinning).
+latency table is measured with (``quant.deploy.onnxruntime_cpu.latency.measure``: mpq's session options, pools not left spinning).
 Columns: measured latency and its ratio to fp32, the latency table's prediction and its error, weight bytes (the
 ONNX file's initializers), KL to the float model and top-1 (built-in: against labels; deit: agreement with the float
 model, its weights being random) of the torch simulation, and top-1 of onnxruntime itself.
@@ -44,10 +44,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant.config import DataSpec, MethodSpec, ModelSpec, PipelineConfig
+from quant.deploy.onnxruntime_cpu.latency.measure import open_session, time_interleaved
+from quant.deploy.onnxruntime_cpu.runtime import runtime_fingerprint
 from quant.errors import PipelineInputError
-from quant.latency.measure import open_session, time_interleaved
 from quant.pipeline import InMemoryStageStore, run_pipeline
-from quant.target.runtime import runtime_fingerprint
 
 _FRACTIONS = (0.5, 0.6, 0.7)
 
@@ -130,8 +130,8 @@ def _weight_bytes(path: Path) -> int:
 
 def _interleaved(paths: dict[str, Path], input_shape, rounds: int) -> dict[str, float]:
     """Median ms per variant, batch 1: shuffled interleaved rounds, each timed run primed by an untimed one (as a
-    deployed model runs back to back), with the latency table's measurement sessions (``quant.latency.measure``:
-    mpq's session options, thread pool not left spinning between runs, so the idle sessions do not steal the
+    deployed model runs back to back), with the latency table's measurement sessions
+    (``quant.deploy.onnxruntime_cpu.latency.measure``: mpq's session options, thread pool not left spinning between runs, so the idle sessions do not steal the
     cores of the one being timed)."""
     names = list(paths)
     sessions = [open_session(str(paths[name])) for name in names]

@@ -14,7 +14,6 @@ from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
 from .modules import QuantMatMul
-from .quantizers import ActivationQuantizer, UniformQuantizer
 
 __all__ = ["QuantViTAttention", "QuantWindowAttention", "install_quant_attention"]
 
@@ -69,19 +68,19 @@ class QuantWindowAttention(WindowAttention):
 _WRAPPERS: dict[type, type] = {Attention: QuantViTAttention, WindowAttention: QuantWindowAttention}
 
 
-def install_quant_attention(module: nn.Module, softmax_quantizer: ActivationQuantizer) -> bool:
+def install_quant_attention(module: nn.Module, target: str = "sim", block_size: int = 32) -> bool:
     """Turn a timm ``Attention``/``WindowAttention`` into its quantized subclass in place.
 
-    Adds ``matmul_qk`` (uniform q and k) and ``matmul_av`` (``softmax_quantizer`` on the attention map,
-    uniform on v). Returns False when ``module`` is not a supported attention class.
+    Adds ``matmul_qk`` (operands q and k) and ``matmul_av`` (operands: the post-softmax map and v), both with
+    float params until params are loaded. Returns False when ``module`` is not a supported attention class.
     """
-    target = _WRAPPERS.get(type(module))
-    if target is None:
+    quantized_class = _WRAPPERS.get(type(module))
+    if quantized_class is None:
         return False
-    module.__class__ = target
+    module.__class__ = quantized_class
     module.fused_attn = False
-    module.matmul_qk = QuantMatMul("matmul_qk", UniformQuantizer(), UniformQuantizer())
-    module.matmul_av = QuantMatMul("matmul_av", softmax_quantizer, UniformQuantizer())
+    module.matmul_qk = QuantMatMul("matmul_qk", target, block_size)
+    module.matmul_av = QuantMatMul("matmul_av", target, block_size)
     for later in ("proj", "proj_drop"):  # keep registration (= forward) order: qkv, matmuls, proj
         module._modules[later] = module._modules.pop(later)
     return True

@@ -1,7 +1,7 @@
 """``mpq quantize``: run one quantization job locally with a progress bar and print or save its result.
 
 Registered into the ``mpq`` command by ``service.cli`` through ``add_quantize_parser`` (with ``mpq
-profile-latency`` from :mod:`quant.latency.cli`); also runnable alone as ``python -m quant.cli quantize ...``.
+profile-latency`` from :mod:`quant.deploy.onnxruntime_cpu.latency.cli`); also runnable alone as ``python -m quant.cli quantize ...``.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpq")
     sub = parser.add_subparsers(dest="command", required=True)
     add_quantize_parser(sub)
-    from .latency.cli import add_profile_latency_command
+    from .deploy.onnxruntime_cpu.latency.cli import add_profile_latency_command
 
     add_profile_latency_command(sub)
     args = parser.parse_args(argv)

@@ -36,7 +36,7 @@ BUDGET_KEYS = ("wbits", "abits", "size", "bops", "latency", "latency_ms")
 #: Budgets that are measured on the deployment runtime.
 LATENCY_BUDGETS = ("latency", "latency_ms")
 #: Stage names of a pipeline run, in order.
-STAGES = ("load", "sensitivity", "latency", "allocate", "reconstruct", "evaluate", "export")
+STAGES = ("load", "calibrate", "sensitivity", "latency", "allocate", "reconstruct", "evaluate", "export")
 
 QuantizerMethod = Literal["minmax", "repq", "dopq"]
 ReconstructMethod = Literal["none", "mse", "fisher_diag", "fisher_lr", "fisher_dplr"]
@@ -44,7 +44,7 @@ ReconstructMethod = Literal["none", "mse", "fisher_diag", "fisher_lr", "fisher_d
 #: ``auto``: ``output`` for repq/dopq, ``minmax`` for the minmax recipe.
 RangeSearch = Literal["auto", "minmax", "output"]
 #: ``sim``: simulated fake quantization, any bit pair; ``onnxruntime-cpu``: only the forms onnxruntime's CPU
-#: provider executes (``quant.target.forms``).
+#: provider executes (``quant.deploy.onnxruntime_cpu.forms``).
 Target = Literal["sim", "onnxruntime-cpu"]
 
 
@@ -88,7 +88,7 @@ class MethodSpec(_Frozen):
     ``range_search`` picks the range calibration (``auto``/``minmax``/``output``, see ``quant.ptq``).
 
     ``target`` is the runtime the model deploys to: ``sim`` (default, simulated fake quantization) or
-    ``onnxruntime-cpu``, where every layer takes one of the forms onnxruntime executes (``quant.target.forms``:
+    ``onnxruntime-cpu``, where every layer takes one of the forms onnxruntime executes (``quant.deploy.onnxruntime_cpu.forms``:
     its ``(wbits, abits)`` keys are the only bit pairs allowed, ``forms`` restricts them by name, empty = all)
     with block-wise weights in blocks of ``block_size`` along the input dimension. ``sweep`` > 0 also solves
     that many points of the Pareto curve of the budget ``sweep_budget`` (default: the first budget);

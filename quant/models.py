@@ -2,7 +2,7 @@
 
 A model name is either ``builtin:NAME`` (see :data:`BUILTIN_MODELS`; architecture, keyword arguments,
 normalisation, float test accuracy and weights checksum come from ``quant/builtin/assets/models.json``,
-written by ``python -m quant.builtin.train``) or a timm architecture name such as ``vit_small_patch16_224`` or
+written by ``python scripts/train_builtin.py``) or a timm architecture name such as ``vit_small_patch16_224`` or
 ``swin_tiny_patch4_window7_224``, created with ``pretrained=False`` plus the caller's keyword overrides
 (``img_size``, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``num_classes``...).
 
@@ -63,7 +63,7 @@ def _builtin_table() -> dict[str, dict[str, Any]]:
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(
             f"cannot read the built-in model table {str(_MODELS_JSON)!r} ({exc}); "
-            "re-install mpq or re-run python -m quant.builtin.train"
+            "re-install mpq or re-run python scripts/train_builtin.py"
         ) from exc
     return table
 
@@ -84,7 +84,7 @@ def builtin_spec(name: str) -> dict[str, Any]:
     if short not in table:
         raise ModelLoadError(
             f"built-in model {short!r} is missing from {str(_MODELS_JSON)!r}; "
-            f"run python -m quant.builtin.train --model {short}"
+            f"run python scripts/train_builtin.py --model {short}"
         )
     return json.loads(json.dumps(table[short]))
 
@@ -240,7 +240,7 @@ def build_model(
         if _sha256(path) != spec["sha256"]:
             raise ModelLoadError(
                 f"built-in weights {str(path)!r} do not match the sha256 in models.json; the file is corrupt "
-                "or stale: re-install mpq or re-run python -m quant.builtin.train "
+                "or stale: re-install mpq or re-run python scripts/train_builtin.py "
                 f"--model {name.removeprefix(BUILTIN_PREFIX)}"
             )
         arch = spec["arch"]

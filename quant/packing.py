@@ -6,13 +6,18 @@ So 8 codes of ``b`` bits take exactly ``b`` bytes, for every ``b`` (2-bit: 4 cod
 with the first code in the low nibble, 3/5/6/7-bit: codes straddle byte boundaries, 8-bit: the codes
 themselves, unpadded). The packed size of ``n`` codes is ``ceil(n / 8) * bits`` bytes (``n`` at 8 bits), at most
 ``bits - 1`` bytes above the ideal ``n * bits / 8``.
+
+``pack_nibbles`` is the 4-bit layout of ONNX: two codes per byte along the last axis, the even index in the low
+nibble, an odd length zero-padded (``uint4`` initializers and ``com.microsoft.MatMulNBits`` weights and zero points);
+for the codes of one flattened tensor it is the first ``ceil(n / 2)`` bytes of ``pack_codes(codes, 4)``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["PACKING", "pack_codes", "packed_nbytes", "unpack_codes"]
+__all__ = ["PACKING", "pack_codes", "pack_nibbles", "packed_nbytes", "unpack_codes"]
 
 #: Name of the layout, stored in ``quant_config.json``.
 PACKING = "lsb8"
@@ -72,3 +77,16 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     shifts = torch.arange(_GROUP, dtype=torch.int64) * bits
     codes = (words[:, None] >> shifts) & ((1 << bits) - 1)
     return codes.reshape(-1)[:numel].to(torch.uint8)
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """Pack 4-bit codes (integers in ``[0, 15]``, any shape ``[..., n]``) two per byte along the last axis, the even
+    index in the low nibble; an odd ``n`` is zero-padded. Returns uint8 ``[..., ceil(n / 2)]``. Raises
+    ``ValueError`` for a code outside ``[0, 15]``."""
+    codes = np.asarray(codes)
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) > 15):
+        raise ValueError(f"4-bit codes must lie in [0, 15]; got [{int(codes.min())}, {int(codes.max())}]")
+    codes = codes.astype(np.uint8)
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros((*codes.shape[:-1], 1), np.uint8)], axis=-1)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)

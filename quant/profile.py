@@ -11,7 +11,7 @@ from torch import nn
 from .modules import QuantConv2d, QuantLayer, QuantLinear
 from .quantizers import FLOAT_BITS
 from .target import form_weight_bytes
-from .wrap import quant_layers
+from .wrap import load_params_, quant_layers
 
 __all__ = ["LayerProfile", "bits_summary", "cost_totals", "layer_costs", "probe_layers", "profile_layers"]
 
@@ -73,29 +73,22 @@ def profile_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[
 @torch.no_grad()
 def probe_layers(model: nn.Module, input_shape: tuple[int, ...], hook_for: Callable[[str, QuantLayer], Callable]) -> None:
     """One forward pass of a zero image of ``input_shape`` (C, H, W; batch 1) through a wrapped ``model`` with every
-    quantizer off (shapes only: no lazy calibration, no fake quantization) and ``hook_for(name, layer)`` installed as
-    each quantization layer's forward hook; quantizer switches and train/eval mode are restored afterwards."""
+    layer at float params (shapes only, no fake quantization) and ``hook_for(name, layer)`` installed as each
+    quantization layer's forward hook; the layers' params and train/eval mode are restored afterwards."""
     layers = quant_layers(model)
     handles = [layer.register_forward_hook(hook_for(name, layer)) for name, layer in layers.items()]
     was_training = model.training
-    flags = {name: (layer.weight_quantizer.enabled if layer.has_weight else None,
-                    [q.enabled for q in layer.activation_quantizers()]) for name, layer in layers.items()}
+    saved = {name: layer.params for name, layer in layers.items()}
     model.eval()
     try:
-        for layer in layers.values():
-            layer.set_quant_enabled(False, False)
+        load_params_(model, {})
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         model(torch.zeros((1, *input_shape), device=device))
     finally:
         for handle in handles:
             handle.remove()
-        for name, (weights, activations) in flags.items():
-            layer = layers[name]
-            if layer.has_weight:
-                layer.weight_quantizer.enabled = weights
-            for quantizer, enabled in zip(layer.activation_quantizers(), activations, strict=True):
-                quantizer.enabled = enabled
+        load_params_(model, saved)
         model.train(was_training)
 
 

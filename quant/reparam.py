@@ -23,16 +23,18 @@ so that ``W' X' + b' == W X + b`` exactly in float. The choice of ``r``:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .modules import QuantLinear
-from .quantizers import UniformQuantizer, WeightQuantizer
+from .quantizers import fake_quant, fake_quant_weight, fit_uniform, fit_weight
+from .target import form_for_bits
 
-__all__ = ["KAPPA_GRID", "ReparamReport", "find_layernorm_pairs", "reparameterize_"]
+__all__ = ["KAPPA_GRID", "Fold", "ReparamReport", "apply_fold_", "find_layernorm_pairs", "plan_folds",
+           "reparameterize_"]
 
 KAPPA_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, float("inf"))
 _MAX_TOKENS = 1024
@@ -48,6 +50,35 @@ class ReparamReport:
     kappa: float | None
     rescaled_channels: int
     output_mse: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class Fold:
+    """One reparameterization as a value: ``report`` plus the per-channel ``low`` and ``ratio`` [C] and the ``shift``
+    (0-dim) that :func:`apply_fold_` folds into the LayerNorm and the linear (module doc)."""
+
+    report: ReparamReport
+    low: torch.Tensor
+    ratio: torch.Tensor
+    shift: torch.Tensor
+
+
+@torch.no_grad()
+def apply_fold_(model: nn.Module, fold: Fold) -> None:
+    """Fold ``fold`` into ``model``'s LayerNorm and linear (the float function is unchanged)."""
+    norm: nn.LayerNorm = model.get_submodule(fold.report.norm)
+    linear = model.get_submodule(fold.report.linear)
+    low, ratio, shift = (t.to(norm.weight.device) for t in (fold.low, fold.ratio, fold.shift))
+    weight = linear.weight.detach().float()
+    bias = linear.bias.detach().float() if linear.bias is not None else None
+    norm.weight.copy_(norm.weight / ratio)
+    norm.bias.copy_((norm.bias - low) / ratio + shift)
+    new_bias = (bias if bias is not None else weight.new_zeros(weight.shape[0])) + weight @ (low - shift * ratio)
+    linear.weight.copy_(weight * ratio)
+    if linear.bias is None:
+        linear.bias = nn.Parameter(new_bias.to(linear.weight.dtype))
+    else:
+        linear.bias.copy_(new_bias)
 
 
 def find_layernorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
@@ -70,11 +101,13 @@ def find_layernorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
 class _Collector:
     """Forward hook gathering per-channel min/max and a sample of token rows of a LayerNorm output."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
         self.low: torch.Tensor | None = None
         self.high: torch.Tensor | None = None
         self.rows: list[torch.Tensor] = []
         self.count = 0
+        self.seed = seed
+        self.generator: torch.Generator | None = None
 
     def __call__(self, _module: nn.Module, _inputs, output: torch.Tensor) -> None:
         x = output.detach().reshape(-1, output.shape[-1]).float()
@@ -82,8 +115,10 @@ class _Collector:
         self.low = low if self.low is None else torch.minimum(self.low, low)
         self.high = high if self.high is None else torch.maximum(self.high, high)
         if self.count < _MAX_TOKENS:
+            if self.generator is None:  # the token sample is drawn where the tensors live, seeded
+                self.generator = torch.Generator(device=x.device).manual_seed(self.seed)
             take = min(x.shape[0], max(_MAX_TOKENS // 8, 1))
-            idx = torch.randperm(x.shape[0], device=x.device)[:take]
+            idx = torch.randperm(x.shape[0], device=x.device, generator=self.generator)[:take]
             self.rows.append(x[idx])
             self.count += take
 
@@ -99,21 +134,36 @@ def _ratios(width: torch.Tensor, mode: str, kappa: float | None) -> torch.Tensor
     return torch.clamp(width / torch.clamp(target, min=1e-8), min=1.0)
 
 
+def _layout(linear: nn.Module, wbits: int, abits: int) -> tuple[str, int | None]:
+    """Weight layout ``(layout, block_size)`` of a linear at its reference pair (its target form's on a runtime)."""
+    if not isinstance(linear, QuantLinear) or linear.target == "sim":
+        return "channel", None
+    form = form_for_bits(linear.target, linear.component, wbits, abits)
+    if form.weights == "block":
+        return "block", linear.block_size
+    return ("symmetric" if form.weights == "channel" else "channel"), None
+
+
 @torch.no_grad()
-def _folded_output_error(x, low, ratio, shift, weight, bias, wbits, abits, *, block_size=None,
-                         symmetric=False) -> float:
+def _folded_output_error(x, low, ratio, shift, weight, bias, wbits, abits, *, layout="channel",
+                         block_size=None) -> float:
     reference = x @ weight.T + (bias if bias is not None else 0)
     folded_x = (x - low) / ratio + shift
     folded_w = weight * ratio
     folded_b = (bias if bias is not None else 0) + weight @ (low - shift * ratio)
-    act_q = UniformQuantizer(abits)
-    act_q.observe(folded_x)
-    act_q.calibrated = True
-    act_q.fit(act_q.calibration_sample())
-    w_q = WeightQuantizer(wbits, block_size=block_size, symmetric=symmetric)  # the layer's weight layout
-    w_q.calibrate(folded_w)
-    out = act_q.quantize(folded_x) @ w_q(folded_w).T + folded_b
+    act = fit_uniform(_sample(folded_x), abits)
+    w_params = fit_weight(folded_w, wbits, layout=layout, block_size=block_size)
+    out = fake_quant(folded_x, act) @ fake_quant_weight(folded_w, w_params).T + folded_b
     return (out - reference).pow(2).mean().item()
+
+
+def _sample(x: torch.Tensor, size: int = 1 << 13) -> torch.Tensor:
+    """The values of ``x`` (at most ``size`` of them, a fixed-seed subsample) plus its exact min and max."""
+    flat = x.reshape(-1).float()
+    if flat.numel() > size:
+        generator = torch.Generator(device=flat.device).manual_seed(0)
+        flat = flat[torch.randint(0, flat.numel(), (size,), device=flat.device, generator=generator)]
+    return torch.cat([flat, torch.stack([x.min(), x.max()]).float()])
 
 
 @torch.no_grad()
@@ -122,17 +172,37 @@ def reparameterize_(
     batches: Iterable[torch.Tensor],
     mode: str = "mad",
     kappa_grid: tuple[float, ...] = KAPPA_GRID,
+    reference: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[ReparamReport]:
-    """Fold per-channel ranges of every post-LayerNorm activation into the LayerNorm and the next linear.
+    """Fold per-channel ranges of every post-LayerNorm activation into the LayerNorm and the next linear
+    (:func:`plan_folds`, then :func:`apply_fold_` for each); returns one report per pair."""
+    folds = plan_folds(model, batches, mode, kappa_grid, reference)
+    for fold in folds:
+        apply_fold_(model, fold)
+    return [fold.report for fold in folds]
 
-    model: a wrapped model with quantization disabled or observing (the float function must hold).
+
+@torch.no_grad()
+def plan_folds(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    mode: str = "mad",
+    kappa_grid: tuple[float, ...] = KAPPA_GRID,
+    reference: Mapping[str, tuple[int, int]] | None = None,
+    seed: int = 0,
+) -> list[Fold]:
+    """The folds of every post-LayerNorm pair of ``model`` (which is not changed).
+
+    model: a wrapped model running with float params (or a plain timm model; the float function must hold).
     batches: calibration images [B,3,H,W] (normalised). mode: ``mean`` (RepQ-ViT) or ``mad`` (MOSF).
-    The layer's current wbits/abits are used to score the kappa candidates. Returns one report per pair.
+    reference: ``{linear name: (wbits, abits)}`` the kappa candidates are scored at (default (8, 8); a float side
+    is scored at 8 bits), in the weight layout of the linear's target form. seed: the token sample that scores the
+    kappa candidates (deterministic for a seed, whatever ran before).
     """
     if mode not in ("mean", "mad"):
         raise ValueError(f"reparameterization mode must be 'mean' or 'mad', got {mode!r}")
     pairs = find_layernorm_pairs(model)
-    collectors = {norm: _Collector() for norm, _ in pairs}
+    collectors = {norm: _Collector(seed) for norm, _ in pairs}
     handles = [model.get_submodule(norm).register_forward_hook(collectors[norm]) for norm, _ in pairs]
     try:
         for images in batches:
@@ -141,9 +211,8 @@ def reparameterize_(
         for handle in handles:
             handle.remove()
 
-    reports = []
+    folds = []
     for norm_name, linear_name in pairs:
-        norm: nn.LayerNorm = model.get_submodule(norm_name)
         linear = model.get_submodule(linear_name)
         stats = collectors[norm_name]
         if stats.low is None:
@@ -156,25 +225,15 @@ def reparameterize_(
         chosen_kappa, best_err = None, None
         if mode == "mad":
             tokens = torch.cat(stats.rows)[:_MAX_TOKENS]
-            wbits = linear.wbits if isinstance(linear, QuantLinear) else 8
-            abits = linear.abits if isinstance(linear, QuantLinear) else 8
-            layout = {}
-            if isinstance(linear, QuantLinear):
-                layout = {"block_size": linear.weight_quantizer.block_size,
-                          "symmetric": linear.weight_quantizer.symmetric}
+            wbits, abits = (reference or {}).get(linear_name, (8, 8))
+            layout, block_size = _layout(linear, wbits, abits)
+            wbits, abits = min(wbits, 8), min(abits, 8)  # a float side is scored at 8 bits
             for kappa in kappa_grid:
                 err = _folded_output_error(tokens, low, _ratios(width, mode, kappa), shift, weight, bias,
-                                           min(wbits, 8), min(abits, 8), **layout)
+                                           wbits, abits, layout=layout, block_size=block_size)
                 if best_err is None or err < best_err:
                     chosen_kappa, best_err = kappa, err
         ratio = _ratios(width, mode, chosen_kappa)
-        norm.weight.copy_(norm.weight / ratio)
-        norm.bias.copy_((norm.bias - low) / ratio + shift)
-        new_bias = (bias if bias is not None else weight.new_zeros(weight.shape[0])) + weight @ (low - shift * ratio)
-        linear.weight.copy_(weight * ratio)
-        if linear.bias is None:
-            linear.bias = nn.Parameter(new_bias.to(linear.weight.dtype))
-        else:
-            linear.bias.copy_(new_bias)
-        reports.append(ReparamReport(norm_name, linear_name, mode, chosen_kappa, int((ratio != 1).sum()), best_err))
-    return reports
+        report = ReparamReport(norm_name, linear_name, mode, chosen_kappa, int((ratio != 1).sum()), best_err)
+        folds.append(Fold(report, low.clone(), ratio.clone(), shift.clone()))
+    return folds

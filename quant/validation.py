@@ -95,10 +95,10 @@ def _architecture(name: str, kwargs_json: str) -> ArchInfo:
     input_shape = tuple(int(v) for v in info["input_size"])
     try:
         try:
-            profiles = profile_layers(wrap_model_(model, softmax="uniform"), input_shape)
+            profiles = profile_layers(wrap_model_(model), input_shape)
         except (RuntimeError, NotImplementedError):  # an op without a meta kernel: profile a real CPU model once
             cpu_model = _meta_model(arch, dict(build_kwargs), device="cpu")
-            profiles = profile_layers(wrap_model_(cpu_model, softmax="uniform"), input_shape)
+            profiles = profile_layers(wrap_model_(cpu_model), input_shape)
     except (RuntimeError, ValueError, AssertionError, NotImplementedError) as exc:
         raise PipelineInputError(
             "invalid_arch_kwargs",

@@ -1,15 +1,14 @@
-"""Wrap a timm ViT/DeiT/Swin for fake quantization and address its quantization layers by timm names.
+"""Wrap a timm ViT/DeiT/Swin for fake quantization, address its quantization layers by timm names, and load params.
 
-``wrap_model_(model, softmax="tanq")`` replaces, in place, every ``nn.Linear`` by ``QuantLinear``, the patch
-embedding ``nn.Conv2d`` by ``QuantConv2d`` and every timm ``Attention``/``WindowAttention`` by its quantized
-subclass with ``matmul_qk``/``matmul_av``. Layer keys are timm module names (``blocks.3.attn.qkv``,
-``blocks.3.attn.matmul_av``, ``layers.1.downsample.reduction``). All quantizers start at 8 bits and must be
-calibrated (``quant.calibrate``) before use; ``set_quant_enabled_(model, False, False)`` gives float behaviour.
+``wrap_model_(model)`` replaces, in place, every ``nn.Linear`` by ``QuantLinear``, the patch embedding
+``nn.Conv2d`` by ``QuantConv2d`` and every timm ``Attention``/``WindowAttention`` by its quantized subclass with
+``matmul_qk``/``matmul_av``. Layer keys are timm module names (``blocks.3.attn.qkv``, ``blocks.3.attn.matmul_av``,
+``layers.1.downsample.reduction``). Every layer starts with float params, so the wrapped model computes what the
+float model did; ``load_params_(model, {layer: LayerParams})`` gives layers the params they run with (typically the
+chosen entries of a job's parameter table, ``quant.calibration.ParamTable``).
 
-``wrap_model_(model, target="onnxruntime-cpu", block_size=32)`` wraps for a deployment target: every layer then
-takes only the forms the target executes (``quant.target``; ``set_bits`` names them by their ``(wbits, abits)``
-keys), the post-softmax quantizer is a plain uniform one whatever ``softmax`` says (onnxruntime has no
-log2/TanQ kernel), and every layer starts in its ``int8`` form.
+``wrap_model_(model, target="onnxruntime-cpu", block_size=32)`` wraps for a deployment target: every layer's bit
+pair then names one of the forms the target executes (``quant.target``).
 """
 
 from __future__ import annotations
@@ -20,27 +19,27 @@ from torch import nn
 
 from .attention import install_quant_attention
 from .modules import QuantConv2d, QuantLayer, QuantLinear
-from .quantizers import ActivationQuantizer, Log2Quantizer, TanQuantizer, UniformQuantizer, WeightQuantizer
+from .quantizers import FLOAT_BITS, LayerParams
 from .target import TARGETS
 
 __all__ = [
     "COMPONENTS",
-    "SOFTMAX_QUANTIZERS",
+    "Pair",
     "check_block_size",
     "component_of",
     "forms_of",
+    "load_params_",
     "model_target",
     "quant_layers",
     "quantization_map",
-    "set_bits_",
-    "set_quant_enabled_",
-    "set_uniform_bits_",
+    "uniform_pairs",
     "wrap_model_",
 ]
 
 #: Component types of quantization layers (the type-aware sensitivity groups).
 COMPONENTS = ("patch_embed", "qkv", "matmul_qk", "matmul_av", "proj", "fc1", "fc2", "reduction", "head", "linear")
-SOFTMAX_QUANTIZERS = ("uniform", "log2", "tanq")
+#: A layer's bit pair ``(wbits, abits)`` (16 = float; layers without weights have wbits 16).
+Pair = tuple[int, int]
 
 
 def component_of(name: str) -> str:
@@ -55,16 +54,6 @@ def component_of(name: str) -> str:
     return "linear"
 
 
-def _softmax_quantizer(kind: str, minmax: bool) -> ActivationQuantizer:
-    if kind == "uniform":
-        return UniformQuantizer(minmax=minmax)
-    if kind == "log2":
-        return Log2Quantizer()
-    if kind == "tanq":
-        return TanQuantizer()
-    raise ValueError(f"softmax quantizer must be one of {SOFTMAX_QUANTIZERS}, got {kind!r}")
-
-
 def check_block_size(block_size: int) -> int:
     """``block_size`` as an int; ``ValueError`` unless it is a power of two >= 16."""
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16 \
@@ -73,22 +62,15 @@ def check_block_size(block_size: int) -> int:
     return block_size
 
 
-def wrap_model_(model: nn.Module, *, softmax: str = "tanq", minmax: bool = False, target: str = "sim",
-                block_size: int = 32) -> nn.Module:
-    """Insert fake quantizers into ``model`` in place and return it.
+def wrap_model_(model: nn.Module, *, target: str = "sim", block_size: int = 32) -> nn.Module:
+    """Insert quantization layers into ``model`` in place (all with float params) and return it.
 
-    softmax: quantizer of the post-softmax attention map (``uniform``, ``log2`` or ``tanq``; a target other than
-    ``sim`` always uses ``uniform``). minmax: use plain min/max ranges everywhere instead of MSE range searches.
     target: ``sim`` or a deployment target of ``quant.target.TARGETS``; block_size: weight block size of the
     target's block-wise forms (power of two >= 16).
     """
-    if softmax not in SOFTMAX_QUANTIZERS:
-        raise ValueError(f"softmax quantizer must be one of {SOFTMAX_QUANTIZERS}, got {softmax!r}")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     block_size = check_block_size(block_size)
-    if target != "sim":
-        softmax = "uniform"
     if any(isinstance(m, QuantLayer) for m in model.modules()):
         raise ValueError("model is already wrapped for quantization")
     targets = []
@@ -99,23 +81,12 @@ def wrap_model_(model: nn.Module, *, softmax: str = "tanq", minmax: bool = False
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         if isinstance(module, nn.Linear):
-            wrapped: QuantLayer = QuantLinear(module, component_of(name))
+            wrapped: QuantLayer = QuantLinear(module, component_of(name), target, block_size)
         else:
-            wrapped = QuantConv2d(module)
-        wrapped.weight_quantizer.minmax = minmax
-        wrapped.input_quantizer.minmax = minmax
+            wrapped = QuantConv2d(module, "patch_embed", target, block_size)
         setattr(parent, child, wrapped)
     for module in list(model.modules()):
-        if install_quant_attention(module, _softmax_quantizer(softmax, minmax)):
-            for quantizer in (module.matmul_qk.quantizer_a, module.matmul_qk.quantizer_b, module.matmul_av.quantizer_b):
-                quantizer.minmax = minmax
-    if target != "sim":
-        for layer in quant_layers(model).values():
-            layer.target, layer.block_size = target, block_size
-            for quantizer in layer.activation_quantizers():
-                quantizer.include_zero = True  # uint8 zero points (every one is a UniformQuantizer here)
-            layer.set_bits(8, 8)  # the int8 form (matmuls: (16, 8)); nothing is calibrated yet
-    _to_model_device_(model)
+        install_quant_attention(module, target, block_size)
     return model
 
 
@@ -123,16 +94,6 @@ def model_target(model: nn.Module) -> tuple[str, int]:
     """``(target, block_size)`` a wrapped model was wrapped with (``("sim", 32)`` for a sim model)."""
     layer = next(iter(quant_layers(model).values()))
     return layer.target, int(layer.block_size)
-
-
-def _to_model_device_(model: nn.Module) -> None:
-    """Move the quantizers just created (on the CPU) to the device of the model's parameters."""
-    param = next(model.parameters(), None)
-    if param is None or param.device.type == "cpu":
-        return
-    for module in model.modules():
-        if isinstance(module, (ActivationQuantizer, WeightQuantizer)):
-            module.to(param.device)
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
@@ -143,33 +104,41 @@ def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
     return layers
 
 
-def set_bits_(model: nn.Module, bits: Mapping[str, tuple[int, int]]) -> None:
-    """Set ``{layer name: (wbits, abits)}`` (16 = float). Unknown names raise ``KeyError`` listing examples."""
+def load_params_(model: nn.Module, params: Mapping[str, LayerParams], *, rest_float: bool = True) -> None:
+    """Give the named layers their params; every other layer gets float params (``rest_float``) or keeps its own.
+    Unknown names raise ``KeyError`` listing examples, before any layer changes."""
     layers = quant_layers(model)
-    unknown = [name for name in bits if name not in layers]
-    if unknown:
-        raise KeyError(f"unknown quantization layers {unknown[:5]}; known layers include {list(layers)[:5]}")
-    for name, (wbits, abits) in bits.items():
-        layers[name].set_bits(wbits, abits)
-
-
-def set_uniform_bits_(model: nn.Module, wbits: int, abits: int, head_bits: int | None = 8,
-                      fixed: Mapping[str, tuple[int, int]] | None = None) -> None:
-    """Give every layer ``wbits``/``abits``; the patch embedding and head get ``head_bits`` (None = same), and the
-    layers named in ``fixed`` their own ``(wbits, abits)`` directly (a runtime target may not execute the uniform
-    pair on them). Unknown names in ``fixed`` raise ``KeyError`` listing examples, before any layer changes."""
-    layers = quant_layers(model)
-    fixed = dict(fixed or {})
-    unknown = [name for name in fixed if name not in layers]
+    unknown = [name for name in params if name not in layers]
     if unknown:
         raise KeyError(f"unknown quantization layers {unknown[:5]}; known layers include {list(layers)[:5]}")
     for name, layer in layers.items():
+        if name in params:
+            layer.load_params(params[name])
+        elif rest_float:
+            layer.load_params(LayerParams.float(layer.n_inputs))
+
+
+def uniform_pairs(layers: Mapping[str, QuantLayer] | Mapping[str, str], wbits: int, abits: int,
+                  head_bits: int | None = 8, fixed: Mapping[str, Pair] | None = None) -> dict[str, Pair]:
+    """``{layer: (wbits, abits)}`` of a uniform-precision job: every layer at ``(wbits, abits)``, the patch
+    embedding and head at ``(head_bits, head_bits)`` (None = same as the rest) and the layers in ``fixed`` at their
+    own pair. ``layers`` maps names to quantization layers or to component names. Layers without weights get wbits
+    16. Unknown names in ``fixed`` raise ``KeyError`` listing examples."""
+    components = {name: (v if isinstance(v, str) else v.component) for name, v in layers.items()}
+    fixed = dict(fixed or {})
+    unknown = [name for name in fixed if name not in components]
+    if unknown:
+        raise KeyError(f"unknown quantization layers {unknown[:5]}; known layers include {list(components)[:5]}")
+    pairs = {}
+    for name, component in components.items():
         if name in fixed:
-            layer.set_bits(*fixed[name])
-        elif head_bits is not None and layer.component in ("patch_embed", "head"):
-            layer.set_bits(head_bits, head_bits)
+            w, a = fixed[name]
+        elif head_bits is not None and component in ("patch_embed", "head"):
+            w, a = head_bits, head_bits
         else:
-            layer.set_bits(wbits, abits)
+            w, a = wbits, abits
+        pairs[name] = (FLOAT_BITS if component in ("matmul_qk", "matmul_av") else int(w), int(a))
+    return pairs
 
 
 def forms_of(model: nn.Module) -> dict[str, str]:
@@ -177,12 +146,18 @@ def forms_of(model: nn.Module) -> dict[str, str]:
     return {name: layer.form.name for name, layer in quant_layers(model).items()}
 
 
-def set_quant_enabled_(model: nn.Module, weights: bool | None = None, activations: bool | None = None) -> None:
-    """Enable/disable weight and/or activation quantization in every layer."""
-    for layer in quant_layers(model).values():
-        layer.set_quant_enabled(weights, activations)
-
-
 def quantization_map(model: nn.Module) -> dict[str, dict]:
-    """``{layer name: {"component", "weights": {...}, "activations": [...]}}`` for reports and storage."""
-    return {name: layer.describe() for name, layer in quant_layers(model).items()}
+    """``{layer name: {"component", "wbits", "abits", "weight": {...} | None, "inputs": [...]}}``: the plain
+    description of how each layer quantizes (kinds, bits, layouts, granularities; no tensors)."""
+    from .quantizers.serialize import to_record
+
+    out = {}
+    for name, layer in quant_layers(model).items():
+        params = layer.params
+        entry: dict = {"component": layer.component, "wbits": layer.wbits, "abits": layer.abits}
+        if layer.target != "sim":
+            entry["form"] = layer.form.name
+        entry["weight"] = None if params.weight is None else to_record(params.weight)[0]
+        entry["inputs"] = [None if p is None else to_record(p)[0] for p in params.inputs]
+        out[name] = entry
+    return out

@@ -6,7 +6,7 @@
   built-in models; ``assets/models.json``: their architecture, normalisation, float test top-1 and weights
   sha256; read by :mod:`quant.models`.
 
-All of it is produced by ``python -m quant.builtin.train`` (see :mod:`quant.builtin.train`).
+All of it is produced by ``python scripts/train_builtin.py`` (``scripts/train_builtin.py`` in the repository).
 """
 
 from pathlib import Path

@@ -17,9 +17,10 @@ import math
 
 import torch
 
-from .base import ActivationQuantizer, round_ste
+from .params import TanQParams
+from .ste import round_ste
 
-__all__ = ["TanQuantizer", "tanq_fake_quant"]
+__all__ = ["fit_tanq", "tanq_fake_quant"]
 
 _CENTRES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 _A_STEPS = 32
@@ -92,59 +93,55 @@ def tanq_fake_quant(x: torch.Tensor, a, bits: int, c=0.5) -> torch.Tensor:
     return c + torch.atan(t0 + (yq + 1.0) * k2) / a
 
 
-class TanQuantizer(ActivationQuantizer):
-    """TanQ fake quantizer; ``fit`` searches ``a`` on a grid.
-
-    objective ``output`` (default): minimise the error of ``maps @ values`` on the attention products kept by
-    ``observe_product`` (falls back to the map MSE when none were kept); ``map``: minimise the MSE of the map.
-    """
-
-    fit_params = ("a", "c")
-    kind = "tanq"
-
-    def __init__(self, bits: int = 8, a: float = 2.0, objective: str = "output") -> None:
-        super().__init__(bits)
-        if objective not in ("output", "map"):
-            raise ValueError(f"TanQ objective must be 'output' or 'map', got {objective!r}")
-        self.objective = objective
-        self.register_buffer("a", torch.tensor(float(a)))
-        self.register_buffer("c", torch.tensor(0.5))
-        self.register_buffer("product_maps", torch.empty(0), persistent=False)
-        self.register_buffer("product_values", torch.empty(0), persistent=False)
-
-    def observe_product(self, maps: torch.Tensor, values: torch.Tensor, images: int = 2) -> None:
-        """Keep a few attention maps [B,H,N,N] and the values [B,H,N,d] they multiply (first call only).
-
-        With them, ``fit`` scores ``a`` by the error of ``maps @ values`` (what the next layer sees) instead of
-        the error of the map itself, which MSE on [0, 1] values would let the few large entries dominate.
-        """
-        if self.product_maps.numel() == 0:
-            self.product_maps = maps[:images].detach().float().clone()
-            self.product_values = values[:images].detach().float().clone()
-
-    @torch.no_grad()
-    def fit(self, sample: torch.Tensor) -> None:
-        if self.objective == "output" and self.product_maps.numel():
-            maps, values = self.product_maps, self.product_values
-            reference = maps @ values
-
-            def error(ac: tuple[float, float]) -> float:
-                return ((tanq_fake_quant(maps, ac[0], self.bits, ac[1]) @ values) - reference).pow(2).mean().item()
+def _tanq_errors(pairs: list[tuple[float, float]], bits: int, target: torch.Tensor, values: torch.Tensor | None,
+                 reference: torch.Tensor | None) -> torch.Tensor:
+    """Error of every ``(a, c)`` in ``pairs`` (float64 constants on the target's device), in memory-bounded chunks:
+    of ``target @ values`` against ``reference`` with values, of ``target`` itself without."""
+    grid = torch.tensor(pairs, dtype=torch.float64, device=target.device)
+    chunk = max(1, min(len(pairs), (1 << 24) // max(target.numel(), 1)))
+    step = 2.0 / (2**bits - 1)
+    x = torch.clamp(target, 0.0, 1.0).unsqueeze(0)
+    errors = []
+    for start in range(0, len(pairs), chunk):
+        a, c = grid[start:start + chunk, 0], grid[start:start + chunk, 1]
+        view = (-1,) + (1,) * target.dim()
+        t0, t1 = torch.tan(-a * c), torch.tan(a * (1 - c))
+        k1, k2 = (2.0 / (t1 - t0)).float().reshape(view), ((t1 - t0) / 2.0).float().reshape(view)
+        t0f, af, cf = t0.float().reshape(view), a.float().reshape(view), c.float().reshape(view)
+        y = (torch.tan(af * (x - cf)) - t0f) * k1 - 1.0
+        yq = torch.clamp(torch.round((y + 1.0) / step) * step - 1.0, -1.0, 1.0)
+        out = cf + torch.atan(t0f + (yq + 1.0) * k2) / af
+        if reference is not None:
+            errors.append(((out @ values) - reference).pow(2).flatten(1).mean(dim=1))
         else:
-            sample = torch.clamp(sample.float(), 0.0, 1.0)
+            errors.append((out - target).pow(2).flatten(1).mean(dim=1))
+    return torch.cat(errors)
 
-            def error(ac: tuple[float, float]) -> float:
-                return (tanq_fake_quant(sample, ac[0], self.bits, ac[1]) - sample).pow(2).mean().item()
 
-        best_a, best_c = min(_GRID, key=error)
-        self.a = torch.tensor(best_a, device=self.a.device)
-        self.c = torch.tensor(best_c, device=self.c.device)
+@torch.no_grad()
+def fit_tanq(sample: torch.Tensor, bits: int, maps: torch.Tensor | None = None,
+             values: torch.Tensor | None = None) -> TanQParams:
+    """Search ``(a, c)`` for ``bits``: per centre ``c``, every 4th ``a`` of the grid, then the neighbours of the best.
 
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return tanq_fake_quant(x, self.a, self.bits, self.c)  # tensors: no host sync
-
-    def describe(self) -> dict:
-        info = super().describe()
-        info["a"] = float(self.a)
-        info["c"] = float(self.c)
-        return info
+    With attention ``maps`` [B, H, N, N] and the ``values`` [B, H, N, d] they multiply, the objective is the error
+    of ``maps @ values`` (what the next layer sees; MSE on [0, 1] map values would let the few large entries
+    dominate); otherwise the MSE of the 1-D ``sample`` of map values.
+    """
+    if maps is not None and maps.numel():
+        target, values = maps.float(), values.float()
+        reference = target @ values
+    else:
+        target, values, reference = torch.clamp(sample.float(), 0.0, 1.0), None, None
+    coarse = [i for c in range(len(_CENTRES)) for i in range(c * _A_STEPS, (c + 1) * _A_STEPS, 4)]
+    errors = _tanq_errors([_GRID[i] for i in coarse], bits, target, values, reference)
+    best = {}
+    for index, error in zip(coarse, errors.tolist(), strict=True):
+        centre = index // _A_STEPS
+        if centre not in best or error < best[centre][1]:
+            best[centre] = (index, error)
+    fine = sorted({j for index, _ in best.values() for j in range(index - 3, index + 4)
+                   if index // _A_STEPS == j // _A_STEPS and 0 <= j < len(_GRID)})
+    errors = _tanq_errors([_GRID[j] for j in fine], bits, target, values, reference)
+    a_best, c_best = _GRID[fine[int(errors.argmin())]]
+    device = target.device
+    return TanQParams(torch.tensor(a_best, device=device), torch.tensor(c_best, device=device), int(bits))

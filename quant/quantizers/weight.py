@@ -1,13 +1,12 @@
-"""Uniform weight quantizer: asymmetric per output channel (default), symmetric per output channel, or
-asymmetric per block of ``block_size`` input elements (MatMulNBits' layout), each with an MSE range search.
+"""Uniform weight quantization: the fast range fit, the fake quantizer and integer codes of :class:`WeightParams`.
 
 Layouts (``scale``/``zero_point`` shapes; codes always in ``[0, 2^b - 1]``, dequantized as ``(q - zp) * scale``):
 
-- per channel (``block_size=None``, ``symmetric=False``): ``[out, 1, ...]``, zp integer in ``[0, 2^b - 1]``;
-- symmetric per channel (``symmetric=True``): same shapes, ``zp == 2^(b-1)`` everywhere and
+- per channel (``layout="channel"``): ``[out, 1, ...]``, zp integer in ``[0, 2^b - 1]``;
+- symmetric per channel (``"symmetric"``): same shapes, ``zp == 2^(b-1)`` everywhere and
   ``scale = r * max|w| / (2^(b-1) - 1)`` (``r`` from the shrink grid), so the signed code ``q - 2^(b-1)`` is an
   ``int8`` weight with zero point 0 (what onnxruntime's QDQ int8 kernels want);
-- block-wise (``block_size=B``, linear weights [out, K] only): the weight is padded with zeros along K to
+- block-wise (``"block"``, linear weights [out, K] only): the weight is padded with zeros along K to
   ``n_blocks * B`` (``n_blocks = ceil(K / B)``) and viewed as [out, n_blocks, B]; ``[out, n_blocks, 1]`` scales
   and integer zero points; the fake-quantized result is cropped back to K.
 """
@@ -15,24 +14,24 @@ Layouts (``scale``/``zero_point`` shapes; codes always in ``[0, 2^b - 1]``, dequ
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .base import FLOAT_BITS
+from .params import WeightParams
 from .uniform import fake_quant_uniform
 
-__all__ = ["WeightQuantizer", "block_view", "n_blocks"]
+__all__ = [
+    "block_view",
+    "dequantize_codes",
+    "fake_quant_weight",
+    "fit_weight",
+    "n_blocks",
+    "padded_block_codes",
+    "params_shape",
+    "weight_codes",
+]
 
 #: Clipping grid: each candidate range is [quantile(1-p), quantile(p)] per output channel, then shrunk by r.
 _PERCENTILES = (1.0, 0.999, 0.99)
 _SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
-#: "use the quantizer's current setting" (``quantize_at``).
-_CURRENT = object()
-
-
-def _row_mse(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int) -> torch.Tensor:
-    """Per-row mean squared quantization error (no autograd, few temporaries)."""
-    q = torch.div(w, scale).round_().add_(zero).clamp_(0, qmax)
-    return q.sub_(zero).mul_(scale).sub_(w).square_().mean(dim=1)
 
 
 def n_blocks(k: int, block_size: int) -> int:
@@ -49,6 +48,19 @@ def block_view(weight: torch.Tensor, block_size: int) -> torch.Tensor:
     if pad:
         weight = torch.nn.functional.pad(weight, (0, pad))
     return weight.reshape(out, -1, block_size)
+
+
+def params_shape(weight_shape: tuple[int, ...], block_size: int | None) -> tuple[int, ...]:
+    """Shape of a weight's scales/zero points: per channel ``[out, 1, ...]``, block-wise ``[out, n_blocks, 1]``."""
+    if block_size is not None:
+        return (weight_shape[0], n_blocks(weight_shape[-1], block_size), 1)
+    return (weight_shape[0],) + (1,) * (len(weight_shape) - 1)
+
+
+def _row_mse(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Per-row mean squared quantization error (no autograd, few temporaries)."""
+    q = torch.div(w, scale).round_().add_(zero).clamp_(0, qmax)
+    return q.sub_(zero).mul_(scale).sub_(w).square_().mean(dim=1)
 
 
 def _search_rows(w: torch.Tensor, bits: int, minmax: bool, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,141 +103,71 @@ def _search_rows(w: torch.Tensor, bits: int, minmax: bool, symmetric: bool) -> t
     return best_scale, best_zero
 
 
-class WeightQuantizer(nn.Module):
-    """Uniform fake quantizer for a weight of shape [out, ...]: per output channel (asymmetric or symmetric) or
-    per block of ``block_size`` input elements (asymmetric; [out, K] weights). See the module doc for layouts.
+@torch.no_grad()
+def fit_weight(weight: torch.Tensor, bits: int, *, layout: str = "channel", block_size: int | None = None,
+               minmax: bool = False) -> WeightParams:
+    """The fast fit of ``weight`` [out, ...] at ``bits``: each channel's (block's) range by a grid search over
+    percentile clipping and shrink factors minimising its weight MSE (``minmax``: plain min/max, or max |w| when
+    symmetric). layout: ``channel``, ``symmetric`` or ``block`` (with ``block_size``)."""
+    block = block_size if layout == "block" else None
+    shape = params_shape(tuple(weight.shape), block)
+    if block is not None:
+        rows = block_view(weight.detach().float(), block).reshape(-1, block)
+    else:
+        rows = weight.detach().float().reshape(weight.shape[0], -1)
+    scale, zero = _search_rows(rows, bits, minmax, layout == "symmetric")
+    return WeightParams(scale.reshape(shape).to(weight.dtype), zero.reshape(shape).to(weight.dtype), int(bits),
+                        layout, block)
 
-    ``calibrate(weight)`` picks each channel's (block's) range by a grid search over percentile clipping and
-    shrink factors minimising its weight MSE (``minmax=True``: plain min/max, or max |w| when symmetric).
-    ``scale`` is a parameter so reconstruction can learn it; ``zero_point`` stays on the integer grid.
 
-    Fitted state is plain tensors on the weight's device: the current ``scale``/``zero_point`` and, per layout
-    ``(bits, block_size, symmetric)``, the ranges fitted so far (``calibrate`` at a layout fitted before restores
-    them, so switching back and forth costs nothing and keeps ranges set by ``set_params``, e.g. the
-    output-aware search). ``forget()`` drops them (needed when the weight itself changes).
-    """
+def weight_codes(weight: torch.Tensor, params: WeightParams) -> torch.Tensor:
+    """The integer codes in ``[0, 2^bits - 1]`` (float tensor shaped like ``weight``): the learned ``codes`` when
+    the params carry them, else ``clamp(round(w / scale) + zero, 0, 2^b - 1)`` (block layout: on the padded view,
+    cropped back)."""
+    if params.codes is not None:
+        return params.codes.to(params.scale.dtype)
+    qmax = 2**params.bits - 1
+    if params.block_size is not None:
+        blocks = block_view(weight, params.block_size)
+        codes = torch.clamp(torch.round(blocks / params.scale) + params.zero_point, 0, qmax)
+        return codes.reshape(weight.shape[0], -1)[:, : weight.shape[1]]
+    return torch.clamp(torch.round(weight / params.scale) + params.zero_point, 0, qmax)
 
-    kind = "uniform_per_channel"
 
-    def __init__(self, bits: int = 8, minmax: bool = False, device: torch.device | str | None = None,
-                 block_size: int | None = None, symmetric: bool = False) -> None:
-        super().__init__()
-        self.bits = int(bits)
-        self.enabled = True
-        self.minmax = minmax
-        #: None: per output channel; else asymmetric blocks of this many input elements ([out, K] weights).
-        self.block_size: int | None = block_size
-        #: per-channel symmetric (zero point 2^(bits-1)); ignored in block mode.
-        self.symmetric = bool(symmetric)
-        self.scale = nn.Parameter(torch.ones(1, device=device), requires_grad=False)
-        self.register_buffer("zero_point", torch.zeros(1, device=device))
-        self.calibrated = False
-        self._fitted: dict[tuple[int, int | None, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+def padded_block_codes(weight: torch.Tensor, params: WeightParams) -> torch.Tensor:
+    """Block layout: the codes ``[out, n_blocks, block_size]`` of the zero-padded weight (padding codes are the
+    block's zero point, i.e. exactly 0 after dequantization), as MatMulNBits stores them; learned codes when the
+    params carry them."""
+    if params.block_size is None:
+        raise ValueError("padded_block_codes needs block-layout weight params")
+    if params.codes is None:
+        blocks = block_view(weight, params.block_size)
+        return torch.clamp(torch.round(blocks / params.scale) + params.zero_point, 0, 2**params.bits - 1)
+    codes = block_view(params.codes.to(params.scale.dtype), params.block_size)
+    k = weight.shape[1]
+    padding = torch.arange(codes.shape[1] * codes.shape[2], device=codes.device).reshape(1, *codes.shape[1:]) >= k
+    return torch.where(padding, params.zero_point.expand_as(codes), codes)
 
-    @property
-    def active(self) -> bool:
-        return self.enabled and self.bits < FLOAT_BITS
 
-    @property
-    def layout(self) -> tuple[int, int | None, bool]:
-        """Key of the fitted-state cache: ``(bits, block_size, symmetric)``."""
-        return (self.bits, self.block_size, self.symmetric and self.block_size is None)
+def dequantize_codes(codes: torch.Tensor, params: WeightParams) -> torch.Tensor:
+    """``(codes - zero) * scale`` in the scale's dtype, the same float operations as :func:`fake_quant_uniform`
+    (block layout: on the zero-padded [out, n_blocks, block_size] view, cropped back to [out, K])."""
+    codes = codes.to(params.scale.dtype)
+    if params.block_size is None:
+        return (codes - params.zero_point) * params.scale
+    blocks = block_view(codes, params.block_size)
+    return ((blocks - params.zero_point) * params.scale).reshape(codes.shape[0], -1)[:, : codes.shape[1]]
 
-    def _params_shape(self, weight: torch.Tensor) -> tuple[int, ...]:
-        if self.block_size is not None:
-            return (weight.shape[0], n_blocks(weight.shape[-1], self.block_size), 1)
-        return (weight.shape[0],) + (1,) * (weight.dim() - 1)
 
-    @torch.no_grad()
-    def calibrate(self, weight: torch.Tensor) -> None:
-        """Choose scale/zero point for ``weight`` [out, ...] at ``self.bits`` in the current layout."""
-        self.calibrated = True
-        if self.bits >= FLOAT_BITS:
-            return
-        shape = self._params_shape(weight)
-        cached = self._fitted.get(self.layout)
-        if cached is not None and tuple(cached[0].shape) == shape:
-            self.set_params(*cached)
-            return
-        if self.block_size is not None:
-            rows = block_view(weight.detach().float(), self.block_size).reshape(-1, self.block_size)
-        else:
-            rows = weight.detach().float().reshape(weight.shape[0], -1)
-        scale, zero = _search_rows(rows, self.bits, self.minmax, self.symmetric and self.block_size is None)
-        self.set_params(scale.reshape(shape).to(weight.dtype), zero.reshape(shape).to(weight.dtype))
-        self.remember_fit()
-
-    def set_params(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
-        """Replace the scale and zero point (shape ``[out, 1, ...]`` per channel or ``[out, n_blocks, 1]`` in
-        block mode; zero points integers)."""
-        self.scale = nn.Parameter(scale.detach().clone(), requires_grad=False)
-        self.zero_point = zero_point.detach().clone()
-        self.calibrated = True
-
-    def remember_fit(self) -> None:
-        """Keep the current scale/zero point as the fitted state of the current layout."""
-        self._fitted[self.layout] = (self.scale.detach().clone(), self.zero_point.detach().clone())
-
-    def forget(self) -> None:
-        """Drop the fitted state of every layout (the next ``calibrate`` searches again)."""
-        self._fitted = {}
-
-    def fake_quant(self, weight: torch.Tensor) -> torch.Tensor:
-        """``weight`` fake-quantized with the current scale/zero point (block mode: padded, quantized, cropped)."""
-        if self.block_size is None:
-            return fake_quant_uniform(weight, self.scale, self.zero_point, self.bits)
-        blocks = block_view(weight, self.block_size)
-        out = fake_quant_uniform(blocks, self.scale, self.zero_point, self.bits)
-        return out.reshape(weight.shape[0], -1)[:, : weight.shape[1]]
-
-    def quantize_at(self, weight: torch.Tensor, bits: int, *, block_size=_CURRENT, symmetric=_CURRENT) -> torch.Tensor:
-        """Fake-quantized ``weight`` at ``bits`` (cached range search), leaving this quantizer unchanged.
-
-        block_size / symmetric: the layout to quantize in (default: the current one), e.g. ``block_size=32`` for
-        MatMulNBits' blocks or ``symmetric=True`` for int8 QDQ weights."""
-        if bits >= FLOAT_BITS:
-            return weight
-        block = self.block_size if block_size is _CURRENT else block_size
-        sym = self.symmetric if symmetric is _CURRENT else bool(symmetric)
-        if bits == self.bits and self.calibrated and (block, sym) == (self.block_size, self.symmetric):
-            return self.fake_quant(weight)
-        saved = (self.bits, self.block_size, self.symmetric, self.scale, self.zero_point, self.calibrated)
-        try:
-            self.bits, self.block_size, self.symmetric = bits, block, sym
-            self.calibrate(weight)
-            return self.fake_quant(weight)
-        finally:
-            self.bits, self.block_size, self.symmetric, self.scale, self.zero_point, self.calibrated = saved
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if not self.active:
-            return weight
-        if not self.calibrated:
-            self.calibrate(weight)
-        return self.fake_quant(weight)
-
-    def integer_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """The integer codes in ``[0, 2^bits - 1]`` (same shape as ``weight``) of the quantized weight."""
-        if self.block_size is not None:
-            return self.block_codes(weight).reshape(weight.shape[0], -1)[:, : weight.shape[1]]
-        return torch.clamp(torch.round(weight / self.scale) + self.zero_point, 0, 2**self.bits - 1)
-
-    def block_codes(self, weight: torch.Tensor) -> torch.Tensor:
-        """Block mode: the codes of the zero-padded weight, [out, n_blocks, block_size] (padding codes are the
-        block's zero point, i.e. exactly 0 after dequantization), as MatMulNBits stores them."""
-        if self.block_size is None:
-            raise ValueError("block_codes needs a block-wise weight quantizer (block_size set)")
-        blocks = block_view(weight, self.block_size)
-        return torch.clamp(torch.round(blocks / self.scale) + self.zero_point, 0, 2**self.bits - 1)
-
-    def describe(self) -> dict:
-        info = {"kind": self.kind, "bits": self.bits if self.active else FLOAT_BITS}
-        if self.block_size is not None:
-            info["block_size"] = int(self.block_size)
-        elif self.symmetric:
-            info["symmetric"] = True
-        return info
-
-    def extra_repr(self) -> str:
-        extra = f", block_size={self.block_size}" if self.block_size else (", symmetric" if self.symmetric else "")
-        return f"bits={self.bits}, enabled={self.enabled}{extra}"
+def fake_quant_weight(weight: torch.Tensor, params: WeightParams | None) -> torch.Tensor:
+    """``weight`` quantized and dequantized with ``params`` (None: unchanged). With learned ``codes`` the result is
+    ``(codes - zero) * scale`` (the float weight is not read); otherwise nearest rounding, straight-through."""
+    if params is None:
+        return weight
+    if params.codes is not None:
+        return dequantize_codes(params.codes, params)
+    if params.block_size is None:
+        return fake_quant_uniform(weight, params.scale, params.zero_point, params.bits)
+    blocks = block_view(weight, params.block_size)
+    out = fake_quant_uniform(blocks, params.scale, params.zero_point, params.bits)
+    return out.reshape(weight.shape[0], -1)[:, : weight.shape[1]]

@@ -1,15 +1,14 @@
 """Per-block checkpoints of a reconstruction run, so an interrupted run resumes at the next unfinished block.
 
-Layout under ``workdir``: ``block_{i:03d}.safetensors`` (every state-dict tensor of the quantized model inside
-finished block ``i``: hard-rounded weights, weight and activation quantizer parameters) and ``state.json``
+Layout under ``workdir``: ``block_{i:03d}.safetensors`` (the refined params of finished block ``i``'s layers: learned
+weight codes and grids, learned input scales; the records' index in the file's metadata) and ``state.json``
 (``version``, ``fingerprint``, ``blocks_done``, the finished blocks' reports). Files are written to a temporary
 name and renamed, and ``state.json`` only after the block file, so a crash never leaves a half-written block that
 counts as done. Tensors are stored with safetensors (never pickled).
 
-The fingerprint has two parts: ``config`` (options, images, block names, per-layer bits, float model) must match
-exactly; ``blocks`` holds a hash of each block's tensors *before* reconstruction, and only the blocks that are not
-finished yet are compared on resume (the finished ones are overwritten from their files anyway, whether the model
-is a fresh PTQ copy or the same object after an interrupted call).
+The fingerprint has two parts: ``config`` (options, images, block names, every tensor of both models) must match
+exactly; ``blocks`` holds a digest of each block's starting params, and only the blocks that are not finished yet
+are compared on resume (the finished ones are loaded from their files).
 """
 
 from __future__ import annotations
@@ -20,11 +19,16 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..calibration import ParamTable
+from ..quantizers import LayerParams
 
 __all__ = ["BlockCheckpoint", "tensor_digest"]
 
-VERSION = 1
+VERSION = 2
+_ENTRY = (0, 0)  # the one "pair" under which a checkpoint stores each layer's params
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -69,16 +73,23 @@ class BlockCheckpoint:
             return 0, [], "checkpoint files missing; started over"
         return done, list(state.get("blocks", []))[:done], f"resumed after {done} finished blocks"
 
-    def load_block(self, index: int) -> dict[str, torch.Tensor]:
-        return load_file(str(self._block_path(index)))
+    def load_block(self, index: int) -> dict[str, LayerParams]:
+        """The refined params ``{layer: LayerParams}`` of finished block ``index``."""
+        with safe_open(str(self._block_path(index)), framework="pt") as handle:
+            index_json = json.loads(handle.metadata()["index"])
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        table = ParamTable.from_tensors(index_json, tensors)
+        return {layer: table.entry(layer, _ENTRY) for layer in table.layers()}
 
-    def save_block(self, index: int, tensors: dict[str, torch.Tensor], fingerprint: dict,
+    def save_block(self, index: int, params: dict[str, LayerParams], fingerprint: dict,
                    reports: list[dict]) -> None:
-        """Write block ``index``'s tensors, then mark blocks ``0..index`` as done."""
+        """Write block ``index``'s refined params, then mark blocks ``0..index`` as done."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._block_path(index)
         tmp = path.with_suffix(".tmp")
-        save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp))
+        index_json, tensors = ParamTable({layer: {_ENTRY: p} for layer, p in params.items()}).to_tensors()
+        save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(tmp),
+                  metadata={"index": json.dumps(index_json)})
         os.replace(tmp, path)
         state = {"version": VERSION, "fingerprint": fingerprint, "blocks_done": index + 1, "blocks": reports}
         tmp_state = self.state_path.with_suffix(".tmp")

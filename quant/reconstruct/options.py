@@ -3,7 +3,7 @@ fingerprint), its validation, and the ``BlockReport``/``ReconstructReport`` resu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -87,10 +87,13 @@ class ReconstructReport:
     seconds: float = 0.0
     device: str = "cpu"
     images: int = 0
+    #: ``{layer: LayerParams}``: the refined params of every reconstructed layer (not part of ``to_dict``).
+    params: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict (what the pipeline stores as the stage output)."""
-        data = asdict(self)
+        """Plain JSON-able dict (what the pipeline stores as the stage output; ``params`` left out)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
+        data["blocks"] = [asdict(b) for b in self.blocks]
         data["loss"] = self.options["loss"]
         data["rank"] = self.options["rank"] if self.options["loss"] in ("fisher_lr", "fisher_dplr") else None
         data["iters"] = self.options["iters"]

@@ -11,10 +11,10 @@ import onnx
 import pytest
 
 from quant.config import DataSpec, MethodSpec, ModelSpec, PipelineConfig
-from quant.latency.measure import SESSIONS
+from quant.deploy.onnxruntime_cpu.latency.measure import SESSIONS
 from quant.pipeline import InMemoryStageStore, run_pipeline
 from quant.target import form_for_bits
-from quant.target.runtime import make_session
+from quant.deploy.onnxruntime_cpu.runtime import make_session
 
 MODEL = ModelSpec(name="builtin:vit-digits")
 DATA = DataSpec(num_calibration=64, batch_size=64)
@@ -135,21 +135,19 @@ def test_the_size_cost_of_block_forms_is_what_the_graph_stores(tmp_path):
     from quant.models import build_model
     from quant.onnx_export import export_onnx
     from quant.profile import layer_costs, profile_layers
-    from quant.ptq import quantize_ptq
+    from quant.ptq import quantize_table
     from quant.target import form_by_name, form_weight_bytes
-    from quant.wrap import quant_layers, set_bits_
+    from quant.wrap import load_params_, quant_layers
 
     images = load_dataset("builtin:digits", split="calib", max_images=16).images
-    qmodel, _ = quantize_ptq(build_model("builtin:vit-digits", {}, None), images, method="minmax", wbits=8, abits=8,
-                             range_search="minmax", target="onnxruntime-cpu", block_size=32)
     chosen = {"qkv": "w4", "fc1": "w8", "fc2": "w4a8", "proj": "w4"}
+    pairs = {c: [(f.wbits, f.abits) for f in [form_by_name("onnxruntime-cpu", c, n)]] for c, n in chosen.items()}
+    qmodel, table, uniform, _ = quantize_table(
+        build_model("builtin:vit-digits", {}, None), images, method="minmax", wbits=8, abits=8, range_search="minmax",
+        target="onnxruntime-cpu", block_size=32, candidates=pairs)
     layers = quant_layers(qmodel)
-    bits = {}
-    for name, layer in layers.items():
-        if layer.component in chosen:
-            form = form_by_name("onnxruntime-cpu", layer.component, chosen[layer.component])
-            bits[name] = (form.wbits, form.abits)
-    set_bits_(qmodel, bits)
+    bits = {name: pairs[layer.component][0] for name, layer in layers.items() if layer.component in chosen}
+    load_params_(qmodel, table.select({**uniform, **bits}))
     path = export_onnx(qmodel, tmp_path / "model.onnx", (3, 32, 32))
     model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t).nbytes for t in model.graph.initializer}

@@ -1,5 +1,6 @@
 """ONNX QDQ export: exactness of the QDQ building blocks, onnx.checker, and onnxruntime accuracy on the built-in
-ViT (W8A8 and W4A4, uniform quantizers) against the PyTorch quantized model."""
+ViT (W8A8 and W4A4, uniform quantizers) against the PyTorch quantized model; learned weight codes export as the
+codes the model computes with."""
 
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from quant.calibrate import calibrate_
+import torch.nn.functional as F
+
+from quant.calibration import SearchSettings
 from quant.data import load_dataset
 from quant.evaluate import compare_logits, predict_logits
 from quant.models import build_model
 from quant.onnx_export import _ActivationQDQ, _container, export_onnx
 from quant.ptq import quantize_ptq
-from quant.quantizers import UniformQuantizer
-from quant.range_search import SearchSettings
-from quant.wrap import quant_layers, set_uniform_bits_, wrap_model_
+from quant.quantizers import AffineParams, affine_from_range, fake_quant, weight_codes
+from quant.reconstruct import reconstruct_
+from quant.wrap import quant_layers
 
 torch.set_num_threads(2)
 
@@ -43,15 +46,16 @@ def _ort_logits(session, images: torch.Tensor, batch: int = 250) -> torch.Tensor
 @pytest.mark.parametrize("low, high", [(-1.5, 2.0), (0.0, 1.0), (-3.0, -0.5), (0.25, 4.0)],
                          ids=["mixed", "softmax", "negative", "positive"])
 def test_activation_qdq_equals_fake_quantizer(bits, low, high):
-    quantizer = UniformQuantizer(bits)
-    quantizer.set_range(low, high)
+    params = affine_from_range(low, high, bits)
     x = torch.linspace(low - 1, high + 1, 4001)
-    zero = int(quantizer.zero_point)
+    zero = int(params.zero_point)
     choice = _container(zero, 2**bits - 1)
     if choice is None:  # only an 8-bit zero point outside [0, 255] has no container
         assert bits == 8 and not 0 <= zero <= 255
         return
-    assert torch.equal(_ActivationQDQ(quantizer, *choice)(x), quantizer.quantize(x))
+    expected = fake_quant(x, params)
+    assert torch.equal(_ActivationQDQ(params, *choice)(x), expected)
+    assert len(expected.unique()) > 2 ** (bits - 1)  # the test range covers many codes, not a degenerate grid
 
 
 def test_container_choice():
@@ -65,12 +69,10 @@ def test_container_choice():
 
 def test_swin_with_log2_exports_and_runs(tmp_path):
     torch.manual_seed(0)
-    model = timm.create_model("swin_tiny_patch4_window7_224", img_size=16, patch_size=2, window_size=4, embed_dim=16,
-                              depths=(2,), num_heads=(2,), num_classes=10).eval()  # plain and shifted windows
-    wrap_model_(model, softmax="log2", minmax=True)
-    set_uniform_bits_(model, 4, 4)
-    images = torch.randn(8, 3, 16, 16)
-    calibrate_(model, [images])
+    float_model = timm.create_model("swin_tiny_patch4_window7_224", img_size=16, patch_size=2, window_size=4,
+                                    embed_dim=16, depths=(2,), num_heads=(2,), num_classes=10).eval()
+    images = torch.randn(8, 3, 16, 16)  # one stage of two blocks: plain and shifted windows
+    model, _ = quantize_ptq(float_model, images, method="repq", wbits=4, abits=4, range_search="minmax")
     path = export_onnx(model, tmp_path / "swin.onnx", (3, 16, 16))
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
@@ -129,8 +131,8 @@ def test_grouped_scales_export_as_simulated_ops(digits, tmp_path):
     float_model, calib, test = digits
     qmodel, _ = quantize_ptq(float_model, calib, method="repq", wbits=4, abits=4, range_search="output",
                              search_settings=SearchSettings(images=16, act_tokens=1024, matmul_images=4))
-    grouped = sum(q.granularity in ("position", "head") for layer in quant_layers(qmodel).values()
-                  for q in layer.activation_quantizers() if isinstance(q, UniformQuantizer))
+    grouped = sum(p.granularity in ("position", "head") for layer in quant_layers(qmodel).values()
+                  for p in layer.params.inputs if isinstance(p, AffineParams))
     assert grouped == 6 * (4 + 3)  # qkv, proj, fc1, fc2 inputs + q, k, v per block
     path = export_onnx(qmodel, tmp_path / "model.onnx", (3, 32, 32))
     proto = onnx.load(str(path))
@@ -140,3 +142,28 @@ def test_grouped_scales_export_as_simulated_ops(digits, tmp_path):
     torch_logits = predict_logits(qmodel, images, 250)
     ort_logits = _ort_logits(_session(path), images)
     assert (torch_logits.argmax(1) == ort_logits.argmax(1)).float().mean().item() >= 0.99
+
+
+def test_learned_weight_codes_export_as_the_model_computes(tmp_path):
+    """After reconstruction layers compute with learned codes, not the nearest rounding of their float weights:
+    the exported weight initializers are those codes, and onnxruntime agrees with the torch model."""
+    torch.manual_seed(0)
+    float_model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8,
+                                    embed_dim=16, depth=1, num_heads=2, num_classes=3).eval()
+    with torch.no_grad():
+        float_model.head.weight.mul_(50.0)  # a sharper head, so the reconstruction has something to learn
+    calib = F.interpolate(torch.randn(32, 3, 4, 4, generator=torch.Generator().manual_seed(1)), size=16,
+                          mode="bilinear", align_corners=False)
+    qmodel, _ = quantize_ptq(float_model, calib, method="minmax", wbits=3, abits=8, head_bits=8)
+    reconstruct_(qmodel, float_model, calib, loss="mse", iters=40, batch_size=16, round_lr=1e-2)
+    learned = [name for name, layer in quant_layers(qmodel).items() if layer.params.weight is not None
+               and layer.params.weight.codes is not None
+               and not torch.equal(layer.params.weight.codes.float(),
+                                   weight_codes(layer.weight, layer.params.weight.without_codes()))]
+    assert learned, "no layer learned a rounding that differs from nearest rounding"
+    path = export_onnx(qmodel, tmp_path / "model.onnx", (3, 16, 16))
+    images = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = qmodel(images)
+    got = _ort_logits(_session(path), images)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()

@@ -1,20 +1,34 @@
-"""Latency budgets in the allocation ILP and Pareto sweeps (quant.allocation, quant.pareto), on small synthetic
-problems whose optimum is checked by brute force."""
+"""Latency budgets in the allocation ILP and Pareto sweeps (quant.allocation), on small synthetic problems whose
+optimum is checked by brute force; the iterative update's per-layer KL measured on the table's entries."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
+import timm
+import torch
 
-from quant.allocation import build_problem, problem_budgets, solve_allocation
+from quant.allocation import (
+    build_problem,
+    measure_layer_kl,
+    pareto_from_stages,
+    problem_budgets,
+    solve_allocation,
+    sweep_problem,
+)
+from quant.allocation.iterative import LayerKL, update_layer_factors
+from quant.calibration import calibrate_table
 from quant.config import MethodSpec
 from quant.errors import PipelineInputError
-from quant.latency import LatencyTable
-from quant.pareto import pareto_from_stages, sweep_problem
+from quant.evaluate import compare_logits, predict_logits
+from quant.deploy.onnxruntime_cpu.latency import LatencyTable
 from quant.profile import LayerProfile
+from quant.ptq import calibration_plan, wrapped_copy
 from quant.sensitivity import SensitivityTable
 from quant.target import form_for_bits, forms_for
+from quant.wrap import load_params_, quant_layers, uniform_pairs
 
 TARGET = "onnxruntime-cpu"
 PROFILES = {
@@ -174,3 +188,69 @@ def test_pareto_from_stored_stages_and_its_errors():
     with pytest.raises(PipelineInputError) as info:
         pareto_from_stages(_stages(), method, "wbits", points=1)
     assert info.value.code == "invalid_budget"
+
+
+# ---- the iterative update ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_table():
+    """A tiny ViT wrapped at W4A4 and its minmax table of a few pairs per layer."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, depth=1,
+                              embed_dim=32, num_heads=2, num_classes=5).eval()
+    with torch.no_grad():  # confident predictions (random init gives near-uniform ones, where every KL is ~0)
+        model.head.weight.mul_(50)
+    images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    qmodel = wrapped_copy(model)
+    layers = quant_layers(qmodel)
+    reference = uniform_pairs(layers, 4, 4, head_bits=None)
+    pairs = {n: [(w, a) for w in (2, 4) for a in (3, 8)] for n in layers}
+    plan = calibration_plan(qmodel, method="minmax", pairs=pairs, reference=reference)
+    table = calibrate_table(qmodel, images, plan)
+    load_params_(qmodel, table.select(reference))
+    return qmodel, table, images
+
+
+def _brute_kl(qmodel, table, images, name, pair) -> float:
+    """KL to float with only ``name`` at its ``pair`` entry, on a copy, with plain evaluation."""
+    model = copy.deepcopy(qmodel)
+    load_params_(model, {})
+    reference = predict_logits(model, images)
+    load_params_(model, {name: table.entry(name, pair)})
+    return compare_logits(reference, predict_logits(model, images))["kl"]
+
+
+def test_layer_kl_measures_each_layer_and_pair_once(tiny_table):
+    qmodel, table, images = tiny_table
+    before = {n: layer.params for n, layer in quant_layers(qmodel).items()}
+    passes = []
+    handle = qmodel.register_forward_pre_hook(lambda _m, _args: passes.append(1))
+    layer_kl = LayerKL(qmodel, table, images)
+    first = {"blocks.0.attn.qkv": (4, 3), "blocks.0.mlp.fc1": (2, 8), "blocks.0.attn.matmul_av": (16, 3)}
+    try:
+        got = layer_kl(first)
+        assert len(passes) == 1 + 3  # the float logits once, then one pass per (layer, pair)
+        second = {"blocks.0.attn.qkv": (4, 3), "blocks.0.mlp.fc1": (4, 8), "blocks.0.attn.proj": (2, 3)}
+        got2 = layer_kl(second)
+        assert len(passes) == 4 + 2  # only the two new (layer, pair)s
+        assert layer_kl(first) == got and len(passes) == 6  # nothing measured again
+    finally:
+        handle.remove()
+    assert got2["blocks.0.attn.qkv"] == got["blocks.0.attn.qkv"]
+    for assignment, values in ((first, got), (second, got2)):
+        for name, pair in assignment.items():
+            assert values[name] > 1e-5, (name, pair, values)
+            assert values[name] == pytest.approx(_brute_kl(qmodel, table, images, name, pair), rel=1e-6, abs=1e-12)
+    assert got2["blocks.0.mlp.fc1"] < got["blocks.0.mlp.fc1"]  # 4-bit weights cost less than 2-bit ones
+    assert all(layer.params is before[n] for n, layer in quant_layers(qmodel).items())  # the model is restored
+    assert measure_layer_kl(qmodel, table, images, first) == got
+
+
+def test_layer_factors_fold_the_damped_measured_ratio():
+    sens = SensitivityTable(components={"a": "fc1", "b": "fc2", "c": "qkv"},
+                            weight={"a": {4: 1.0}, "b": {4: 1.0}, "c": {4: 0.0}}, act={"a": {}, "b": {}, "c": {}})
+    assignment = {"a": (4, 16), "b": (4, 16), "c": (4, 16)}
+    update_layer_factors(sens, assignment, {"a": 4.0, "b": 100.0, "c": 1.0}, type_aware=False)
+    assert sens.layer_factors == {"a": pytest.approx(2.0), "b": 4.0}  # sqrt(measured / predicted), clamped; c: 0
+    update_layer_factors(sens, assignment, {"a": 8.0, "b": 4.0, "c": 1.0}, type_aware=False)
+    # geometric mean with the previous factor: sqrt(2^2 * 8 / (2 * 1)) = 4 for a; b: sqrt(16 * 4 / 4) = 4
+    assert sens.layer_factors["a"] == pytest.approx(4.0) and sens.layer_factors["b"] == pytest.approx(4.0)
