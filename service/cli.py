@@ -1,7 +1,7 @@
 """The ``mpq`` command line.
 
 - ``mpq serve``: the API plus the embedded worker (SQLite by default, loopback 127.0.0.1:8000). Migrates the
-  database first. When the database has no API key at all, it creates one for tenant ``local`` and prints it
+  database first. ``--workers N`` runs the API in N processes (:mod:`service.serve`). When the database has no API key at all, it creates one for tenant ``local`` and prints it
   once at start (keep it: it is stored hashed and cannot be shown again).
 - ``mpq worker``: a Celery worker for the ``quantize`` queue (needs ``MPQ_BROKER_URL``).
 - ``mpq submit [--wait]``, ``mpq status [--follow]``, ``mpq download``, ``mpq pareto``: a client of the API
@@ -33,55 +33,19 @@ def _settings(**overrides: Any) -> Any:
 
 # ---- serve / worker / keys / db -------------------------------------------------------------------------------
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
-    import uvicorn
-
-    from service import migrations
-    from service.app import create_app
-    from service.auth.service import ensure_local_key
-    from service.kit.db import make_engine, make_session_factory, session_scope
+    from service.serve import serve
 
     settings = _settings(host=args.host, port=args.port, log_level=args.log_level)
     if args.no_worker:
         settings = settings.model_copy(update={"embedded_worker": False})
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s [%(name)s] %(message)s"
-    )
-    if settings.auto_migrate:
-        migrations.upgrade(settings.database_url)
-    engine = make_engine(settings.database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            created = ensure_local_key(session)
-    finally:
-        engine.dispose()
-    if created is not None:
-        print(
-            f"mpq: no API keys existed; created one for tenant '{created.tenant}' (shown only now):\n"
-            f"  MPQ_API_KEY={created.key}",
-            flush=True,
-        )
-    print(f"mpq: {_data_location(settings)}", flush=True)
-    print(f"mpq: serving on http://{settings.host}:{settings.port} (docs at /docs)", flush=True)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
-    )
+    serve(settings, workers=args.workers)
     return 0
 
 
 def _data_location(settings: Any) -> str:
-    """Where the data lives (database URL without password, artifact folder), printed when a process starts."""
-    from sqlalchemy.engine import make_url
+    from service.serve import data_location
 
-    database = make_url(settings.database_url).render_as_string(hide_password=True)
-    return (
-        f"database {database}, artifacts in {settings.artifact_dir} (data directory MPQ_HOME={settings.home})"
-    )
+    return data_location(settings)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -387,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (default MPQ_PORT or 8000)")
     serve.add_argument("--no-worker", action="store_true", help="do not start the embedded worker")
     serve.add_argument("--log-level", default=None)
+    serve.add_argument(
+        "--workers", type=int, default=1, help="API processes (default 1; see docs/mlops.md for when more help)"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     worker = sub.add_parser("worker", help="run a Celery worker (needs MPQ_BROKER_URL)")
@@ -484,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     try:  # `mpq quantize` / `mpq profile-latency` live in quant/ (they need torch); skip if not installed
         from quant.cli import add_quantize_parser
-        from quant.latency.cli import add_profile_latency_command
+        from quant.deploy.onnxruntime_cpu.latency.cli import add_profile_latency_command
     except ImportError:
         pass
     else:

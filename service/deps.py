@@ -14,8 +14,8 @@ from service.settings import Settings
 __all__ = ["SessionDep", "SettingsDep", "get_app_settings", "get_session"]
 
 
-def get_app_settings(request: Request) -> Settings:
-    """The settings the running app was created with."""
+async def get_app_settings(request: Request) -> Settings:
+    """The settings the running app was created with (async: read on the event loop, no thread hop)."""
     return request.app.state.settings
 
 

@@ -107,7 +107,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MPQError)
     async def _domain(request: Request, exc: MPQError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = {**({"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}), **exc.headers}
         return _error(exc.status_code, exc.code, exc.message, _clean(exc.details), headers, request)
 
     try:  # the solver's input rules (non-finite budgets or costs...) are the client's to fix: 422, not 500

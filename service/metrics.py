@@ -7,7 +7,13 @@
 - ``mpq_worker_heartbeat_age_seconds{worker}``: age of the oldest heartbeat of each worker's running jobs;
 - ``mpq_tracking_failures_total``: jobs whose MLflow run could not be logged;
 - ``mpq_webhook_deliveries_total{outcome}``: delivery attempts of this process (succeeded, retried, failed);
-- ``process_*`` / ``python_*``: the process collectors of prometheus_client.
+- ``mpq_webhook_endpoints{state}``, ``mpq_webhook_endpoint_disabled``, ``mpq_webhook_endpoint_failing_seconds``,
+  ``mpq_webhook_pending_deliveries`` and ``mpq_webhook_oldest_pending_seconds``: endpoint health and backlog
+  (:mod:`service.webhooks.metrics`);
+- ``process_*`` / ``python_*``: the process collectors of prometheus_client (one API process only).
+
+With ``mpq serve --workers N`` the HTTP and delivery series are summed over the API processes
+(:mod:`service.serve`).
 
 Job series are computed from the database at scrape time, so they cover every worker process. Each app
 instance has its own :class:`CollectorRegistry`, so several apps (tests) can live in one process. With
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -33,6 +40,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -68,17 +76,27 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
+        #: What /metrics exposes: this registry, or with ``mpq serve --workers N`` (PROMETHEUS_MULTIPROC_DIR set)
+        #: the counters and histograms of every API process, summed by prometheus_client.
+        self.exposition = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition)
+        else:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
 
     def webhook_outcome(self, outcome: str) -> None:
         """Count one delivery attempt."""
         self.webhook_deliveries.labels(outcome).inc()
 
     def add_jobs_collector(self, session_factory: Callable[[], sessionmaker[Session]]) -> None:
-        self.registry.register(JobsCollector(session_factory))
-        self.registry.register(JobTimingCollector(session_factory))
+        from service.webhooks.metrics import WebhookCollector
+
+        self.exposition.register(JobsCollector(session_factory))
+        self.exposition.register(JobTimingCollector(session_factory))
+        self.exposition.register(WebhookCollector(session_factory))
 
 
 class JobsCollector(Collector):
@@ -238,4 +256,4 @@ def metrics_endpoint(request: Request) -> Response:
             raise Unauthorized(
                 "/metrics needs 'Authorization: Bearer <MPQ_METRICS_TOKEN>'", code="metrics_token"
             )
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(request.app.state.metrics.exposition), media_type=CONTENT_TYPE_LATEST)

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=60)
     #: Largest accepted upload, in bytes (413 beyond it).
     max_upload_bytes: int = Field(default=1 << 30, ge=1)
+    #: Largest body of every other request (JSON), in bytes (413 ``body_too_large`` beyond it).
+    max_json_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     #: Run ``alembic upgrade head`` when the API starts; when false, refuse to start on an outdated schema.
     auto_migrate: bool = True
     #: Start the embedded worker process with the API (ignored when ``broker_url`` is set).
@@ -103,8 +105,10 @@ class Settings(BaseSettings):
     webhook_backoff_max: float = Field(default=3600.0, gt=0)
     #: Attempts of one delivery before it is marked failed.
     webhook_max_attempts: int = Field(default=16, ge=1)
-    #: Consecutive failed attempts after which an endpoint is disabled (the tenant re-enables it).
-    webhook_disable_after: int = Field(default=20, ge=1)
+    #: Seconds an endpoint may keep failing (every attempt since its last success failed) before it is disabled;
+    #: the tenant re-enables it. 3 days, like the common webhook services: a period, not a count of attempts,
+    #: so an outage of minutes during a burst of events never disables an endpoint.
+    webhook_disable_after_seconds: float = Field(default=3 * 24 * 3600.0, gt=0)
     #: Seconds the receiver has to answer one delivery.
     webhook_timeout: float = Field(default=10.0, gt=0)
     #: Log lines kept per job (``GET /v1/jobs/{id}/logs``); later lines are dropped.

@@ -29,6 +29,7 @@ __all__ = [
     "CurrentTenant",
     "KeyInfo",
     "authenticate",
+    "cached_tenant",
     "create_key",
     "ensure_local_key",
     "hash_key",
@@ -209,8 +210,8 @@ class _KeyCache:
 key_cache = _KeyCache()
 
 
-def authenticate(session: Session, authorization: str | None) -> CurrentTenant:
-    """The tenant of an ``Authorization: Bearer <key>`` header value; 401 otherwise."""
+def _key_hash(authorization: str | None) -> str:
+    """The stored form of the key in an ``Authorization: Bearer <key>`` header value; 401 when malformed."""
     if not authorization:
         raise Unauthorized(
             "missing API key: send 'Authorization: Bearer <key>' (make one with mpq keys create)"
@@ -219,7 +220,18 @@ def authenticate(session: Session, authorization: str | None) -> CurrentTenant:
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
-    key_hash = hash_key(key)
+    return hash_key(key)
+
+
+def cached_tenant(authorization: str | None) -> CurrentTenant | None:
+    """The tenant of a recently verified key without touching the database (None: ask :func:`authenticate`);
+    401 for a missing or malformed header."""
+    return key_cache.get(_key_hash(authorization))
+
+
+def authenticate(session: Session, authorization: str | None) -> CurrentTenant:
+    """The tenant of an ``Authorization: Bearer <key>`` header value; 401 otherwise."""
+    key_hash = _key_hash(authorization)
     cached = key_cache.get(key_hash)
     if cached is not None:
         return cached

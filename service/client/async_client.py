@@ -19,6 +19,7 @@ from service.client._core import (
     parse,
     raise_for_error,
 )
+from service.client.download import SHA256_HEADER, finish_download, temporary_path
 from service.client.models import (
     TERMINAL,
     Artifact,
@@ -31,7 +32,6 @@ from service.client.models import (
     WebhookCreated,
 )
 from service.client.sse import parse_async
-from service.client.sync import _finish_download
 
 __all__ = ["AsyncMPQClient"]
 
@@ -192,21 +192,29 @@ class AsyncMPQClient:
             await asyncio.sleep(interval)
 
     async def download(self, job_id: str, destination: str | Path, *, extract: bool = True) -> Path:
-        """Download the bundle, check its sha256, extract or save it (see :meth:`MPQClient.download`)."""
+        """Download the bundle, verify its sha256 (header, else the job's ``bundle_sha256``), extract or save it;
+        nothing is left behind on a mismatch (see :meth:`MPQClient.download`)."""
         destination = Path(destination)
-        part = destination.with_name(destination.name + ".part.zip")
-        part.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        async with self.http.stream("GET", f"/v1/jobs/{job_id}/artifact") as response:
-            if not response.is_success:
-                await response.aread()
-                raise_for_error(response)
-            expected = response.headers.get("x-content-sha256", "")
-            with part.open("wb") as handle:
-                async for chunk in response.aiter_bytes(1 << 20):
-                    digest.update(chunk)
-                    handle.write(chunk)
-        return _finish_download(part, destination, expected, digest.hexdigest(), extract)
+        part = temporary_path(destination, "part")
+        try:
+            digest = hashlib.sha256()
+            async with self.http.stream("GET", f"/v1/jobs/{job_id}/artifact") as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise_for_error(response)
+                expected = response.headers.get(SHA256_HEADER, "")
+                with part.open("wb") as handle:
+                    async for chunk in response.aiter_bytes(1 << 20):
+                        digest.update(chunk)
+                        handle.write(chunk)
+            source = "the X-Content-SHA256 header"
+            if not expected:
+                expected, source = (await self.get_job(job_id)).bundle_sha256 or "", "the job's bundle_sha256"
+            return await asyncio.to_thread(
+                finish_download, part, destination, expected, digest.hexdigest(), extract=extract, source=source
+            )
+        finally:
+            part.unlink(missing_ok=True)
 
     async def create_webhook(self, url: str, events: list[str] | None = None) -> WebhookCreated:
         body: dict[str, Any] = {"url": url, **({"events": events} if events else {})}

@@ -173,11 +173,15 @@ class Webhook(Model):
     events: list[str]
     enabled: bool
     failure_count: int
+    failing_since: dt.datetime | None = None
     disabled_reason: str
+    previous_secret_expires_at: dt.datetime | None = None
     created_at: dt.datetime
 
 
 class WebhookCreated(Webhook):
+    """An endpoint with its signing secret (after creation or a rotation)."""
+
     secret: str
 
 

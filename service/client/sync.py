@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -14,14 +12,13 @@ import httpx
 
 from service.client._core import (
     apply_event,
-    check_archive,
     job_filters,
     new_idempotency_key,
     pareto_body,
     parse,
     raise_for_error,
 )
-from service.client.errors import ChecksumMismatch
+from service.client.download import SHA256_HEADER, finish_download, temporary_path
 from service.client.models import (
     TERMINAL,
     Artifact,
@@ -256,22 +253,29 @@ class MPQClient:
 
     # ---- bundle --------------------------------------------------------------------------------------------
     def download(self, job_id: str, destination: str | Path, *, extract: bool = True) -> Path:
-        """Download the job's bundle, check its sha256 against the server's, then extract it into
-        ``destination`` (a folder) or save the zip there; :class:`ChecksumMismatch` on a corrupt transfer."""
+        """Download the job's bundle and verify its sha256 (the ``X-Content-SHA256`` header, or the job's
+        ``bundle_sha256`` when the header is missing), then extract it into ``destination`` (a folder) or save the
+        zip there. :class:`ChecksumMismatch` on a corrupt transfer, and nothing is left behind (see
+        :mod:`service.client.download`)."""
         destination = Path(destination)
-        part = destination.with_name(destination.name + ".part.zip")
-        part.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/artifact") as response:
-            if not response.is_success:
-                response.read()
-                raise_for_error(response)
-            expected = response.headers.get("x-content-sha256", "")
-            with part.open("wb") as handle:
-                for chunk in response.iter_bytes(1 << 20):
-                    digest.update(chunk)
-                    handle.write(chunk)
-        return _finish_download(part, destination, expected, digest.hexdigest(), extract)
+        part = temporary_path(destination, "part")
+        try:
+            digest = hashlib.sha256()
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/artifact") as response:
+                if not response.is_success:
+                    response.read()
+                    raise_for_error(response)
+                expected = response.headers.get(SHA256_HEADER, "")
+                with part.open("wb") as handle:
+                    for chunk in response.iter_bytes(1 << 20):
+                        digest.update(chunk)
+                        handle.write(chunk)
+            source = "the X-Content-SHA256 header"
+            if not expected:
+                expected, source = self.get_job(job_id).bundle_sha256 or "", "the job's bundle_sha256"
+            return finish_download(part, destination, expected, digest.hexdigest(), extract=extract, source=source)
+        finally:
+            part.unlink(missing_ok=True)
 
     # ---- webhooks ------------------------------------------------------------------------------------------
     def create_webhook(self, url: str, events: list[str] | None = None) -> WebhookCreated:
@@ -287,6 +291,32 @@ class MPQClient:
     def enable_webhook(self, webhook_id: str) -> Webhook:
         return parse(self.http.post(f"/v1/webhooks/{webhook_id}/enable"), Webhook)
 
+    def update_webhook(
+        self,
+        webhook_id: str,
+        *,
+        url: str | None = None,
+        events: list[str] | None = None,
+        enabled: bool | None = None,
+    ) -> Webhook:
+        """Change an endpoint in place (``PATCH``): its id, secret and pending deliveries stay."""
+        body = {k: v for k, v in {"url": url, "events": events, "enabled": enabled}.items() if v is not None}
+        return parse(self.http.patch(f"/v1/webhooks/{webhook_id}", json=body), Webhook)
+
+    def rotate_webhook_secret(
+        self, webhook_id: str, *, overlap_seconds: int = 86400, idempotency_key: str | None = None
+    ) -> WebhookCreated:
+        """A new signing secret; the old one keeps signing next to it for ``overlap_seconds``."""
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        response = self.http.post(
+            f"/v1/webhooks/{webhook_id}/rotate-secret", json={"overlap_seconds": overlap_seconds}, headers=headers
+        )
+        return parse(response, WebhookCreated)
+
+    def retry_delivery(self, webhook_id: str, delivery_id: str) -> Delivery:
+        """Send a delivery again (same ``webhook-id``)."""
+        return parse(self.http.post(f"/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"), Delivery)
+
     def delete_webhook(self, webhook_id: str) -> None:
         raise_for_error(self.http.delete(f"/v1/webhooks/{webhook_id}"))
 
@@ -295,23 +325,3 @@ class MPQClient:
         raise_for_error(response)
         return [Delivery.model_validate(row) for row in response.json()["data"]]
 
-
-def _finish_download(part: Path, destination: Path, expected: str, actual: str, extract: bool) -> Path:
-    """Check the digest, then move or extract the downloaded zip (shared with the async client)."""
-    try:
-        if expected and expected != actual:
-            raise ChecksumMismatch(
-                200, "checksum_mismatch", f"bundle sha256 is {actual}, the server said {expected}"
-            )
-        if not zipfile.is_zipfile(part):
-            raise ChecksumMismatch(200, "not_a_zip", "the downloaded bundle is not a zip archive")
-        if not extract:
-            os.replace(part, destination)
-            return destination
-        destination.mkdir(parents=True, exist_ok=True)
-        check_archive(part, destination)
-        with zipfile.ZipFile(part) as archive:
-            archive.extractall(destination)
-        return destination
-    finally:
-        part.unlink(missing_ok=True)

@@ -4,6 +4,10 @@ The stream replays the job's events from the start (or after ``Last-Event-ID``),
 closes after the terminal status event. Event names: ``status`` (status, message, error), ``stage`` (stage,
 state, seconds) and ``progress`` (overall progress 0..1, never decreasing; ``eta_seconds`` from the rate measured
 in this run; message). Each event's id is its position in the job's event log.
+
+Resuming: ``Last-Event-ID`` must be the id of one of the job's events (422 ``unknown_last_event_id`` otherwise:
+the server never invents an event for an id it did not send). A client resuming after the terminal event gets
+``204 No Content``, which tells an ``EventSource`` to stop reconnecting; nothing is sent twice.
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from service.auth.dependencies import TenantDep
 from service.deps import SessionDep
-from service.events.stream import fetch_events, fetch_logs
-from service.kit.errors import NotFound
+from service.events.stream import event_of_job, fetch_events, fetch_logs
+from service.kit.errors import NotFound, UnprocessableEntity
 from service.kit.schemas import error_responses
 from service.models import Job
 
@@ -59,10 +63,19 @@ def _own_job(session: SessionDep, tenant_id: uuid.UUID, job_id: uuid.UUID) -> No
 
 
 def _parse_last_event_id(value: str | None) -> int:
-    try:
-        return max(int(value), 0) if value else 0
-    except ValueError:
+    """The id a client resumes after (0: from the start); 422 for anything but a non-negative integer."""
+    if not value:
         return 0
+    try:
+        parsed = int(value)
+    except ValueError:
+        parsed = -1
+    if parsed < 0:
+        raise UnprocessableEntity(
+            f"Last-Event-ID must be the id of an event of this stream, got {value[:40]!r}",
+            code="unknown_last_event_id",
+        )
+    return parsed
 
 
 @router.get(
@@ -70,6 +83,7 @@ def _parse_last_event_id(value: str | None) -> int:
     response_class=EventSourceResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        204: {"description": "Nothing after Last-Event-ID: the job has ended and its terminal event was sent"},
         **error_responses(404),
     },
     summary="Follow a job live (Server-Sent Events)",
@@ -80,17 +94,24 @@ async def job_events(
     tenant: TenantDep,
     session: SessionDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=40)] = None,
-) -> EventSourceResponse:
+) -> Response:
     """Status, stage and progress events (with ETA); resumable with ``Last-Event-ID``; ends at a terminal state."""
     await run_in_threadpool(_own_job, session, tenant.id, job_id)
     await run_in_threadpool(session.close)  # the stream uses its own short sessions
     factory = request.app.state.session_factory
     start = _parse_last_event_id(last_event_id)
+    if start and not await run_in_threadpool(event_of_job, factory, job_id, start):
+        raise UnprocessableEntity(
+            f"Last-Event-ID {start} is not an event of job {job_id}; omit it to replay the stream from the start",
+            code="unknown_last_event_id",
+        )
+    first = await run_in_threadpool(fetch_events, factory, job_id, start)
+    if start and not first.events and first.status in TERMINAL:
+        return Response(status_code=204)  # resumed after the end: nothing more will come
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        last = start
+        last, batch = start, first
         while True:
-            batch = await run_in_threadpool(fetch_events, factory, job_id, last)
             for event_id, kind, data, created_at in batch.events:
                 last = event_id
                 yield ServerSentEvent(
@@ -101,14 +122,15 @@ async def job_events(
             if batch.status is None:  # deleted meanwhile
                 return
             if not batch.events and batch.status in TERMINAL:
-                # finished without a terminal event after ``last`` (e.g. a row older than the event log)
+                # a job that ended before it had an event log (older rows): its status once, without an id
                 data = {"status": batch.status, "message": batch.message, "progress": batch.progress}
-                yield ServerSentEvent(data=json.dumps(data), event="status", id=str(last))
+                yield ServerSentEvent(data=json.dumps(data), event="status")
                 return
             if not batch.events:
                 if await request.is_disconnected():
                     return
                 await asyncio.sleep(POLL_SECONDS)
+            batch = await run_in_threadpool(fetch_events, factory, job_id, last)
 
     return EventSourceResponse(stream(), ping=PING_SECONDS, headers={"Cache-Control": "no-store"})
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.kit.db import session_scope
 from service.models import Job, JobEvent
 
-__all__ = ["EventBatch", "fetch_events", "fetch_logs"]
+__all__ = ["EventBatch", "event_of_job", "fetch_events", "fetch_logs"]
 
 #: Events read per poll.
 BATCH = 200
@@ -42,6 +42,15 @@ def fetch_events(session_factory: sessionmaker[Session], job_id: uuid.UUID, afte
     if head is None:
         return EventBatch(events, None, "", 0.0)
     return EventBatch(events, str(head[0].value), head[1], float(head[2]))
+
+
+def event_of_job(session_factory: sessionmaker[Session], job_id: uuid.UUID, event_id: int) -> bool:
+    """True when ``event_id`` is one of the job's stream events (what a client may resume after)."""
+    with session_scope(session_factory) as session:
+        found = session.scalar(
+            select(JobEvent.id).where(JobEvent.id == event_id, JobEvent.job_id == job_id, JobEvent.kind != "log")
+        )
+    return found is not None
 
 
 def fetch_logs(

@@ -20,7 +20,10 @@ from service.kit.db import session_scope, utcnow
 from service.kit.errors import Conflict, UnprocessableEntity
 from service.models import IdempotencyRecord
 
-__all__ = ["IdempotencyStore", "StoredResponse"]
+__all__ = ["RETRY_AFTER_SECONDS", "IdempotencyStore", "StoredResponse"]
+
+#: ``Retry-After`` of a 409 ``idempotency_request_in_progress``: most requests finish within a second.
+RETRY_AFTER_SECONDS = 1
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,10 @@ class IdempotencyStore:
             )
         if row.response_status is None:
             raise Conflict(
-                "a request with this Idempotency-Key is still being processed; retry after it has finished",
+                "a request with this Idempotency-Key is still being processed; retry after it has finished "
+                f"(Retry-After: {RETRY_AFTER_SECONDS} s)",
                 code="idempotency_request_in_progress",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         return StoredResponse(row.response_status, row.response_body)
 
@@ -91,6 +96,7 @@ class IdempotencyStore:
                 raise Conflict(
                     "a request with this Idempotency-Key was being processed; retry",
                     code="idempotency_request_in_progress",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
             return self._judge(row, fingerprint)
 

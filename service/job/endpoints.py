@@ -6,8 +6,9 @@ import datetime as dt
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from service.auth.dependencies import TenantDep
 from service.deps import SessionDep, SettingsDep
@@ -25,8 +26,10 @@ from service.job.schemas import (
     StagePublic,
 )
 from service.job.service import JobService
+from service.job.status import job_json
 from service.kit.schemas import error_responses, json_response
 from service.models import JobStatus
+from service.tracking import track_job
 
 __all__ = ["router"]
 
@@ -108,11 +111,10 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
-def get_job(
-    job_id: uuid.UUID, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep
-) -> Response:
+async def get_job(job_id: uuid.UUID, request: Request, tenant: TenantDep) -> Response:
     """Status, progress (0..1), current stage, and every stage with start/end time and output."""
-    return json_response(JobPublic.model_validate(_service(request, session, settings).get(tenant, job_id)))
+    body = await run_in_threadpool(job_json, request.app.state.read_session_factory, tenant.id, job_id)
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -122,10 +124,18 @@ def get_job(
     responses=error_responses(404, 409),
 )
 def cancel_job(
-    job_id: uuid.UUID, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+    job_id: uuid.UUID,
+    request: Request,
+    background: BackgroundTasks,
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> JobPublic:
     """Cancel a queued job, or ask a running one to stop (``cancel_requested``); 409 once it has finished."""
-    return JobPublic.model_validate(_service(request, session, settings).cancel(tenant, job_id))
+    job = _service(request, session, settings).cancel(tenant, job_id)
+    if job.status == JobStatus.CANCELLED and settings.mlflow_tracking_uri:  # no worker will log this one
+        background.add_task(track_job, request.app.state.session_factory, settings, job.id)
+    return JobPublic.model_validate(job)
 
 
 @router.get("/{job_id}/report", response_model=JobReport, responses=error_responses(404, 409))

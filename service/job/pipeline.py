@@ -1,4 +1,4 @@
-"""The service's only door to :mod:`quant.pipeline` and :mod:`quant.pareto` (imported lazily: they pull in torch).
+"""The service's only door to :mod:`quant.pipeline` and :mod:`quant.allocation` (imported lazily: they pull in torch).
 
 Maps the pipeline's :class:`PipelineInputError` to the service's 422 (409 for a job without a sensitivity table)
 so route handlers never see torch-side types.
@@ -114,14 +114,14 @@ def pareto(
     values: list[float] | None,
     time_limit: float,
 ) -> dict[str, Any]:
-    """``quant.pareto.pareto_from_stages`` on a job's stored stage outputs (by stage name).
+    """``quant.allocation.pareto_from_stages`` on a job's stored stage outputs (by stage name).
 
     409 ``sensitivity_unavailable`` when there is no sensitivity table, 422 with the sweep's own code and message
     (e.g. ``invalid_budget`` for latency without a latency table) for what the caller must change.
     """
     try:
+        from quant.allocation import pareto_from_stages
         from quant.errors import PipelineInputError
-        from quant.pareto import pareto_from_stages
     except ImportError as exc:  # pragma: no cover - only while quant/pareto.py is missing
         raise ServiceUnavailable(
             f"budget sweeps are not available: {exc}", code="pareto_unavailable"

@@ -28,12 +28,16 @@ class MPQError(Exception):
     status_code: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, details: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         self.details = details if details is not None else {}
+        #: Response headers the error comes with (e.g. ``Retry-After``).
+        self.headers = dict(headers or {})
 
     def to_dict(self) -> dict[str, Any]:
         """The body of the error response."""

@@ -39,11 +39,19 @@ class WebhookEndpoint(Base):
     events: Mapped[list[str]] = mapped_column(JSONType, default=list)
     #: ``whsec_`` + base64 of the signing key (Standard Webhooks).
     secret: Mapped[str] = mapped_column(String(100))
+    #: The secret before the last rotation: deliveries carry its signature too until ``previous_secret_expires_at``.
+    previous_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    previous_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    #: Consecutive failed attempts; the endpoint is disabled when it reaches the configured limit.
+    #: Consecutive failed attempts since the last success (shown to the tenant; not what disables the endpoint).
     failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Time of the first failed attempt since the last success (None while the endpoint works). The endpoint is
+    #: disabled once it has been failing for ``MPQ_WEBHOOK_DISABLE_AFTER_SECONDS``: a period, not a count, so a
+    #: short outage during a burst of events never disables it.
+    failing_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     disabled_reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class WebhookDelivery(Base):

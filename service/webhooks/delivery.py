@@ -3,6 +3,15 @@
 It runs as a thread of the API process. Every attempt is claimed with a compare-and-set lease on the row, so
 several API processes can run it side by side; a process killed mid-attempt leaves a lease that expires, and
 the delivery is attempted again (with the same ``webhook-id``) by whoever runs next, including after a restart.
+
+A failed attempt is retried with exponential backoff (:mod:`service.webhooks.backoff`) up to
+``MPQ_WEBHOOK_MAX_ATTEMPTS``. An endpoint is disabled only once it has been failing for
+``MPQ_WEBHOOK_DISABLE_AFTER_SECONDS`` (every attempt since ``failing_since`` failed), never for a number of
+failed attempts: a burst of events during a short outage adds attempts, not failing time.
+
+The worker's ``clock`` is its scheduling time: when deliveries are due, the backoff, the failing period and a
+rotated-out secret's overlap window. The ``webhook-timestamp`` header is always the real time of the attempt
+(receivers compare it with their own clock). Tests pass a clock to play hours of outage in milliseconds.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import random
 import threading
 import uuid
 from collections.abc import Callable
@@ -27,7 +37,7 @@ from service.webhooks.repository import WebhookRepository
 from service.webhooks.signing import signed_headers
 from service.webhooks.urls import check_webhook_url
 
-__all__ = ["DeliveryWorker", "message_id"]
+__all__ = ["DeliveryWorker", "message_id", "signing_secrets"]
 
 logger = logging.getLogger("mpq.webhooks")
 
@@ -59,10 +69,14 @@ class DeliveryWorker:
         settings: Settings,
         *,
         on_outcome: Callable[[str], None] | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        rng: random.Random | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.settings = settings
         self.on_outcome = on_outcome
+        self.clock = clock
+        self.rng = rng
         self.http = httpx.Client(timeout=settings.webhook_timeout, follow_redirects=False)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,7 +104,7 @@ class DeliveryWorker:
 
     def run_once(self) -> int:
         """Attempt every due delivery once; returns how many were attempted."""
-        now = utcnow()
+        now = self.clock()
         lease = dt.timedelta(seconds=self.settings.webhook_timeout + 30)
         with session_scope(self.session_factory) as session:
             repository = WebhookRepository(session)
@@ -112,17 +126,17 @@ class DeliveryWorker:
             endpoint = session.get(WebhookEndpoint, delivery.endpoint_id) if delivery else None
             if delivery is None or endpoint is None:
                 return
-            url, secret = endpoint.url, endpoint.secret
+            url, secrets = endpoint.url, signing_secrets(endpoint, self.clock())
             body = json.dumps(delivery.payload, separators=(",", ":"))
-        attempt = self._post(url, secret, message_id(delivery_id), body)
+        attempt = self._post(url, secrets, message_id(delivery_id), body)
         self._record(delivery_id, attempt)
 
-    def _post(self, url: str, secret: str, msg_id: str, body: str) -> _Attempt:
+    def _post(self, url: str, secrets: list[str], msg_id: str, body: str) -> _Attempt:
         try:
             check_webhook_url(url, allow_private=self.settings.webhook_allow_private)
         except MPQError as exc:
             return _Attempt(None, exc.message)
-        headers = signed_headers(secret, msg_id, body, utcnow())
+        headers = signed_headers(secrets, msg_id, body, utcnow())
         headers["user-agent"] = "mpq-webhooks/1"
         try:
             response = self.http.post(url, content=body.encode(), headers=headers)
@@ -132,8 +146,7 @@ class DeliveryWorker:
         return _Attempt(response.status_code, error)
 
     def _record(self, delivery_id: uuid.UUID, attempt: _Attempt) -> None:
-        settings = self.settings
-        now = utcnow()
+        now = self.clock()
         with session_scope(self.session_factory) as session:
             delivery = session.get(WebhookDelivery, delivery_id)
             if delivery is None:
@@ -148,31 +161,62 @@ class DeliveryWorker:
                 delivery.status = DeliveryStatus.SUCCEEDED
                 delivery.delivered_at = now
                 if endpoint is not None:
-                    endpoint.failure_count = 0
+                    endpoint.failure_count, endpoint.failing_since = 0, None
             else:
-                if delivery.attempts >= settings.webhook_max_attempts:
-                    outcome = "failed"
-                    delivery.status = DeliveryStatus.FAILED
-                else:
-                    outcome = "retried"
-                    delay = retry_delay(
-                        delivery.attempts,
-                        base=settings.webhook_backoff_base,
-                        maximum=settings.webhook_backoff_max,
-                    )
-                    delivery.next_attempt_at = now + dt.timedelta(seconds=delay)
+                outcome = self._schedule_retry(delivery, now)
                 if endpoint is not None:
-                    endpoint.failure_count += 1
-                    if endpoint.enabled and endpoint.failure_count >= settings.webhook_disable_after:
-                        endpoint.enabled = False
-                        endpoint.disabled_reason = (
-                            f"disabled after {endpoint.failure_count} consecutive failed deliveries "
-                            f"(last: {attempt.error or attempt.status_code}); re-enable it with "
-                            f"POST /v1/webhooks/{endpoint.id}/enable"
-                        )
-                        logger.warning(
-                            "webhook endpoint %s disabled: %s", endpoint.id, endpoint.disabled_reason
-                        )
+                    self._count_failure(endpoint, attempt, now)
             session.commit()
         if self.on_outcome is not None:
             self.on_outcome(outcome)
+
+    def _schedule_retry(self, delivery: WebhookDelivery, now: dt.datetime) -> str:
+        """After a failed attempt: the next one after the backoff, or ``failed`` after the last attempt."""
+        settings = self.settings
+        if delivery.attempts >= settings.webhook_max_attempts:
+            delivery.status = DeliveryStatus.FAILED
+            return "failed"
+        delay = retry_delay(
+            delivery.attempts,
+            base=settings.webhook_backoff_base,
+            maximum=settings.webhook_backoff_max,
+            rng=self.rng,
+        )
+        delivery.next_attempt_at = now + dt.timedelta(seconds=delay)
+        return "retried"
+
+    def _count_failure(self, endpoint: WebhookEndpoint, attempt: _Attempt, now: dt.datetime) -> None:
+        """Extend the endpoint's failing period; disable it once the period reaches the configured length."""
+        endpoint.failure_count += 1
+        if endpoint.failing_since is None:
+            endpoint.failing_since = now
+        failing = (now - endpoint.failing_since).total_seconds()
+        if endpoint.enabled and failing >= self.settings.webhook_disable_after_seconds:
+            endpoint.enabled = False
+            endpoint.disabled_reason = (
+                f"disabled after failing for {_duration(failing)} ({endpoint.failure_count} failed attempts "
+                f"since {endpoint.failing_since:%Y-%m-%d %H:%M} UTC; last: {attempt.error or attempt.status_code}); "
+                f"re-enable it with POST /v1/webhooks/{endpoint.id}/enable or PATCH "
+                '{"enabled": true}: its pending deliveries are sent again'
+            )
+            logger.warning("webhook endpoint %s disabled: %s", endpoint.id, endpoint.disabled_reason)
+
+
+def signing_secrets(endpoint: WebhookEndpoint, now: dt.datetime) -> list[str]:
+    """The secrets a delivery is signed with at ``now``: the current one, and the previous one during the
+    overlap window of a rotation."""
+    secrets = [endpoint.secret]
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret and expires is not None and now < expires:
+        secrets.append(endpoint.previous_secret)
+    return secrets
+
+
+def _duration(seconds: float) -> str:
+    """``3d 0h``, ``2h 5m`` or ``42s``: a failing period for people."""
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 60}m {seconds % 60}s" if seconds >= 60 else f"{seconds}s"

@@ -6,10 +6,10 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
+from service.models import DeliveryStatus, Tenant, WebhookDelivery, WebhookEndpoint
 from service.pagination import Page, keyset_page
 
 __all__ = ["WebhookRepository"]
@@ -47,6 +47,14 @@ class WebhookRepository:
         statement = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
         return keyset_page(
             self.session, statement, WebhookDelivery.created_at, WebhookDelivery.id, limit=limit, after=after
+        )
+
+    def get_delivery(self, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> WebhookDelivery | None:
+        """A delivery of the endpoint (None for unknown ids and other endpoints' deliveries)."""
+        return self.session.scalar(
+            select(WebhookDelivery).where(
+                WebhookDelivery.id == delivery_id, WebhookDelivery.endpoint_id == endpoint_id
+            )
         )
 
     def reschedule_pending(self, endpoint_id: uuid.UUID, when: dt.datetime) -> None:
@@ -87,3 +95,22 @@ class WebhookRepository:
             .values(locked_until=until)
         )
         return result.rowcount == 1
+
+    # ---- metrics -------------------------------------------------------------------------------------------
+    def endpoint_health(self) -> list[tuple[uuid.UUID, str, bool, dt.datetime | None]]:
+        """``(endpoint id, tenant name, enabled, failing_since)`` of every endpoint."""
+        rows = self.session.execute(
+            select(WebhookEndpoint.id, Tenant.name, WebhookEndpoint.enabled, WebhookEndpoint.failing_since).join(
+                Tenant, Tenant.id == WebhookEndpoint.tenant_id
+            )
+        )
+        return [(row[0], row[1], bool(row[2]), row[3]) for row in rows]
+
+    def pending_backlog(self) -> dict[uuid.UUID, tuple[int, dt.datetime]]:
+        """``{endpoint id: (pending deliveries, creation time of the oldest)}`` of endpoints with a backlog."""
+        rows = self.session.execute(
+            select(WebhookDelivery.endpoint_id, func.count(), func.min(WebhookDelivery.created_at))
+            .where(WebhookDelivery.status == DeliveryStatus.PENDING)
+            .group_by(WebhookDelivery.endpoint_id)
+        )
+        return {row[0]: (int(row[1]), row[2]) for row in rows}

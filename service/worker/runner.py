@@ -331,7 +331,7 @@ def execute_job(
         result = pipeline.run_pipeline(
             config,
             progress=run.progress,
-            store=DBStageStore(job_id, lease_id, session_factory, job_dir / "work"),
+            store=DBStageStore(job_id, lease_id, session_factory, job_dir / "work", store),
             output_dir=output_dir,
             should_cancel=run.should_cancel,
         )
@@ -437,7 +437,8 @@ def _handle_failure(run: _Run, pipeline: Any, exc: Exception) -> JobStatus | Non
             run.requeue("worker stopped; the job resumes from its last finished stage")
             logger.info("job %s: re-queued on worker shutdown", run.job_id)
             return JobStatus.QUEUED
-        run.finish(JobStatus.CANCELLED, message="cancelled")
+        if run.finish(JobStatus.CANCELLED, message="cancelled"):
+            track_job(run.session_factory, run.settings, run.job_id)  # an MLflow run with status KILLED
         logger.info("job %s: cancelled", run.job_id)
         return JobStatus.CANCELLED
     if input_type is not None and isinstance(exc, input_type):
@@ -460,6 +461,6 @@ def _handle_failure(run: _Run, pipeline: Any, exc: Exception) -> JobStatus | Non
     error["details"] = {**(error.get("details") or {}), "job_id": str(run.job_id)}
     error = run.redactor.value(jsonable(error))
     if run.finish(JobStatus.FAILED, message=error["message"], error=error):
-        track_job(run.session_factory, run.settings, run.job_id, Path(run.settings.artifact_dir) / "none")
+        track_job(run.session_factory, run.settings, run.job_id)
     logger.info("job %s: failed (%s)", run.job_id, error["code"])
     return JobStatus.FAILED

@@ -3,17 +3,20 @@
 ``load(stage)`` returns the output of a finished (or reused, or skipped) stage so the pipeline skips it; ``save``
 records a stage's output and end time, guarded by the run's lease (an output ``{"skipped": true, ...}`` marks the
 stage ``skipped``: the pipeline decided it had nothing to do). ``workdir`` (``<artifact_dir>/jobs/<id>/work``) keeps
-finer checkpoints (e.g. reconstructed blocks) across restarts.
+finer checkpoints (e.g. reconstructed blocks) across restarts. Blobs a stage output names (the parameter table,
+reconstructed params) go to the artifact store's content-addressed blobs, where a reallocated job finds its parent's.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.artifact.storage import BlobStore
 from service.events.recorder import record_stage
 from service.job.repository import JobRepository
 from service.kit.db import session_scope, utcnow
@@ -31,13 +34,34 @@ class DBStageStore:
     """Stage checkpoints of one run of one job."""
 
     def __init__(
-        self, job_id: uuid.UUID, lease_id: str, session_factory: sessionmaker[Session], workdir: Path
+        self,
+        job_id: uuid.UUID,
+        lease_id: str,
+        session_factory: sessionmaker[Session],
+        workdir: Path,
+        blobs: BlobStore | None = None,
     ):
         self.job_id = job_id
         self.lease_id = lease_id
         self.session_factory = session_factory
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        #: the artifact store's blobs (shared by every job); a store of its own under ``workdir`` when not given
+        self.blobs = blobs or BlobStore(self.workdir)
+
+    def put_blob(self, path: Path, sha256: str) -> None:
+        """Move the finished file ``path`` (whose digest is ``sha256``) into the blob store."""
+        target = self.blobs.blob_path(sha256)
+        if target.exists():
+            Path(path).unlink(missing_ok=True)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+
+    def blob_path(self, sha256: str) -> Path | None:
+        """The blob with this digest, or None when the store does not have it."""
+        path = self.blobs.blob_path(sha256)
+        return path if path.is_file() else None
 
     def load(self, stage: str) -> dict[str, Any] | None:
         """The JSON output of ``stage`` if it already finished (or was reused from a parent job)."""

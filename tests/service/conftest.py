@@ -24,6 +24,8 @@ from service.models import Artifact, Job, JobStage, Tenant
 from service.settings import Settings
 from tests.components import missing_component
 
+from .mlflow_server import mlflow_server  # noqa: F401 - a fixture of the tracking tests
+
 PG_SERVER = os.environ.get("MPQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -8,10 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from tests.waiting import wait_until
 
 __all__ = ["ServerProcess", "free_port"]
 
@@ -25,7 +26,8 @@ def free_port() -> int:
 class ServerProcess:
     """One ``mpq serve`` process; ``start()`` again after ``kill()`` restarts it on the same port and data."""
 
-    def __init__(self, database_url: str, root: Path, **env: str) -> None:
+    def __init__(self, database_url: str, root: Path, *args: str, **env: str) -> None:
+        self.args = args  # extra ``mpq serve`` arguments (e.g. --workers 2)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.root = root
@@ -43,31 +45,28 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.api_key: str | None = None
 
-    def start(self, timeout: float = 90.0) -> None:
+    def start(self, timeout: float = 180.0) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.root,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_tail()}")
+        wait_until(self._ready, timeout, interval=0.2, message=lambda: f"server ready\n{self.log_tail()}")
         if self.api_key is None:
             match = re.search(r"MPQ_API_KEY=(\S+)", self.log_path.read_text())
             self.api_key = match.group(1) if match else None
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def worker_pids(self) -> list[int]:
         """Pids of the embedded worker process(es) of the running server."""

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
+from quant.config import STAGES
 from service.artifact.storage import BlobStore
 from service.auth.service import create_key, hash_key
 from service.client import (
@@ -43,6 +44,7 @@ from service.settings import Settings
 from service.webhooks.delivery import DeliveryWorker
 
 from .live import LiveServer, drive_job
+from .proxy import TamperingProxy, flip_byte
 from .server import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +89,7 @@ def test_models_typed_errors_and_automatic_idempotency_key(live, key) -> None:
     with MPQClient(live.url, key, transport=transport) as client:
         job = client.submit(SPEC)
         assert isinstance(job, Job) and job.status == "queued" and job["id"] == job.id
-        assert job.stages is not None and [s.name for s in job.stages][:2] == ["load", "sensitivity"]
+        assert job.stages is not None and [s.name for s in job.stages] == list(STAGES)
         sent = transport.requests[-1].headers["idempotency-key"]
         assert uuid.UUID(sent)  # a fresh key per logical submit
         again = client.submit(SPEC)
@@ -182,10 +184,47 @@ def test_download_checks_the_sha256(live, key, tmp_path) -> None:
         assert (out / "quant_config.json").read_text() == '{"bits": 4}'
         zipped = client.download(good, tmp_path / "bundle.zip", extract=False)
         assert zipfile.is_zipfile(zipped)
-        with pytest.raises(ChecksumMismatch, match="sha256"):
+        with pytest.raises(ChecksumMismatch, match="sha256") as raised:
             client.download(bad, tmp_path / "bad")
-    assert not (tmp_path / "bad").exists()
-    assert not list(tmp_path.glob("*.part.zip"))
+    assert raised.value.code == "checksum_mismatch" and "X-Content-SHA256" in raised.value.message
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bundle.zip", "good"]  # no temporary files
+
+
+@pytest.mark.parametrize("extract", [True, False], ids=["extract", "zip"])
+def test_download_behind_a_proxy_that_drops_the_header_and_flips_a_byte(live, key, tmp_path, extract) -> None:
+    job_id = _finished_job_with_bundle(live, key)
+    destination = tmp_path / ("out" if extract else "bundle.zip")
+    with TamperingProxy(live.url, strip=("X-Content-SHA256",), corrupt=flip_byte) as proxy:
+        with MPQClient(proxy.url, key) as client, pytest.raises(ChecksumMismatch) as raised:
+            client.download(job_id, destination, extract=extract)
+        assert proxy.tampered == 1
+    error = raised.value
+    assert error.code == "checksum_mismatch" and "bundle_sha256" in error.message
+    with live.app.state.session_factory() as session:
+        assert error.details["expected"] == session.get(JobRow, uuid.UUID(job_id)).bundle_sha256
+    assert list(tmp_path.iterdir()) == []  # no partial model.safetensors, no temporary file
+
+
+def test_download_without_the_header_is_checked_against_the_job(live, key, tmp_path) -> None:
+    job_id = _finished_job_with_bundle(live, key)
+    with TamperingProxy(live.url, strip=("X-Content-SHA256",)) as proxy:
+        with MPQClient(proxy.url, key) as client:
+            out = client.download(job_id, tmp_path / "out")
+        with MPQClient(live.url, key) as direct:
+            job = direct.get_job(job_id)
+    assert proxy.tampered == 1 and job.bundle_sha256
+    assert (out / "quant_config.json").read_text() == '{"bits": 4}'
+    assert (out / "model.safetensors").read_bytes() == b"\0" * 64
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+    async def flipped() -> None:
+        with TamperingProxy(live.url, strip=("X-Content-SHA256",), corrupt=flip_byte) as bad:
+            async with AsyncMPQClient(bad.url, key) as client:
+                await client.download(job_id, tmp_path / "async-out")
+
+    with pytest.raises(ChecksumMismatch, match="bundle_sha256"):
+        asyncio.run(flipped())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
 
 
 def test_async_client(live, key, tmp_path) -> None:
@@ -306,3 +345,20 @@ def test_readme_pipeline_script_runs_as_written(tmp_path: Path) -> None:
 def test_api_error_is_the_base_of_every_client_error() -> None:
     for cls in (AuthenticationError, ChecksumMismatch, IdempotencyKeyReused, JobNotFinished, JobNotFound):
         assert issubclass(cls, APIError)
+
+
+def test_client_changes_rotates_and_resends_webhooks(live, key) -> None:
+    with MPQClient(live.url, key) as client:
+        hook = client.create_webhook("http://127.0.0.1:9/hook", ["job.cancelled"])
+        paused = client.update_webhook(hook.id, enabled=False, events=["job.cancelled", "job.failed"])
+        assert paused.enabled is False and paused.events == ["job.cancelled", "job.failed"]
+        assert paused.failing_since is None and "paused" in paused.disabled_reason
+        rotated = client.rotate_webhook_secret(hook.id, overlap_seconds=600)
+        assert rotated.secret != hook.secret and rotated.previous_secret_expires_at is not None
+        job = client.submit(SPEC)
+        client.cancel(job.id)
+        (delivery,) = client.deliveries(hook.id)
+        resent = client.retry_delivery(hook.id, delivery.id)
+        assert resent.id == delivery.id and resent.status == "pending" and resent.webhook_id == delivery.webhook_id
+        with pytest.raises(NotFoundError):
+            client.retry_delivery(hook.id, str(uuid.uuid4()))

@@ -22,6 +22,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from quant.config import STAGES
 from service.models import JobStatus
 from service.settings import Settings
 
@@ -77,7 +78,7 @@ def _digits(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 def _onnx_matches_the_bundle(bundle: Path) -> dict[str, float]:
     """model.onnx loads in onnxruntime and reproduces the bundle's PyTorch model on 32 test digits."""
     from quant import load_quantized
-    from quant.target.runtime import make_session
+    from quant.deploy.onnxruntime_cpu.runtime import make_session
 
     images, labels = _digits()
     session = make_session(str(bundle / "model.onnx"))
@@ -180,15 +181,7 @@ def test_a_deployment_job_with_a_latency_budget_and_a_sweep_is_accepted(client: 
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["spec"]["export_onnx"] is True and job["spec"]["method"]["target"] == "onnxruntime-cpu"
-    assert [stage["name"] for stage in job["stages"]] == [
-        "load",
-        "sensitivity",
-        "latency",
-        "allocate",
-        "reconstruct",
-        "evaluate",
-        "export",
-    ]
+    assert [stage["name"] for stage in job["stages"]] == list(STAGES)
     assert all(stage["status"] == "pending" for stage in job["stages"])
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant.headers)
 
@@ -267,12 +260,12 @@ def test_an_onnxruntime_job_meets_its_latency_budget(
 def test_a_reallocation_reuses_the_latency_table_without_measuring(
     client: TestClient, settings: Settings, deployed: dict[str, Any], latency_cache: Path, monkeypatch
 ) -> None:
-    import quant.pipeline
+    import quant.pipeline.run
 
     def measured_again(*_args: Any, **_kwargs: Any) -> dict:
         raise AssertionError("the reallocated job measured latency again")
 
-    monkeypatch.setattr(quant.pipeline, "_latency_stage", measured_again)
+    monkeypatch.setattr(quant.pipeline.run, "latency_stage", measured_again)
     for cached in latency_cache.rglob("*"):  # not even the on-disk cache may be needed
         if cached.is_file():
             cached.unlink()
@@ -286,14 +279,14 @@ def test_a_reallocation_reuses_the_latency_table_without_measuring(
     assert response.status_code == 202, response.text
     child = response.json()
     parent_stages = _stages(deployed["job"])
-    for name in ("sensitivity", "latency"):
+    for name in ("calibrate", "sensitivity", "latency"):
         stage = _stages(child)[name]
         assert stage["status"] == "reused" and stage["reused_from"] == deployed["id"], stage
     assert run_job_here(client, settings, child["id"]) == JobStatus.SUCCEEDED
     child = client.get(f"/v1/jobs/{child['id']}", headers=headers).json()
     assert child["status"] == "succeeded", child["error"]
     stages = _stages(child)
-    for name in ("sensitivity", "latency"):
+    for name in ("calibrate", "sensitivity", "latency"):
         assert stages[name]["status"] == "reused" and stages[name]["reused_from"] == deployed["id"]
         assert stages[name]["started_at"] is None and stages[name]["finished_at"] is None
         assert stages[name]["output"] == parent_stages[name]["output"]

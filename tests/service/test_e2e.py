@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,10 @@ import pytest
 
 from service.client import MPQClient
 from service.worker.recovery import pid_alive
+from tests.waiting import wait_until
 
 from .conftest import drop_pg_schema, make_pg_schema_url
+from .hold import hold_env, wait_held
 from .server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -54,7 +55,13 @@ def vit_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _server(database_url: str, tmp_path: Path) -> ServerProcess:
-    server = ServerProcess(database_url, tmp_path, MPQ_WORKER_THREADS=str(max(1, (os.cpu_count() or 2) - 1)))
+    """``mpq serve`` whose embedded worker holds ``hold:<stage>`` jobs (:mod:`tests.service.hold`)."""
+    server = ServerProcess(
+        database_url,
+        tmp_path,
+        MPQ_WORKER_THREADS=str(max(1, (os.cpu_count() or 2) - 1)),
+        **hold_env(tmp_path / "holds"),
+    )
     server.start()
     assert server.api_key, f"mpq serve did not print a generated key:\n{server.log_tail()}"
     return server
@@ -217,23 +224,26 @@ def test_server_killed_mid_job_resumes_after_restart(
     server = sqlite_server
     with MPQClient(server.url, server.api_key) as client:
         ids = _upload_inputs(client, vit_inputs)
-        job = client.create_job(_job_spec(ids, vit_inputs, budgets={"wbits": 6.0}))
-        deadline = time.monotonic() + 300
-        while True:  # wait until at least one stage is checkpointed and a later one is running
-            current = client.get_job(job["id"])
-            finished = [s for s in current["stages"] if s["status"] == "finished"]
-            if current["status"] == "running" and finished and current["stage"] not in (None, "load"):
-                break
-            assert current["status"] in ("queued", "running"), current
-            assert time.monotonic() < deadline, "job never got past its first stage"
-            time.sleep(0.05)
+        spec = {**_job_spec(ids, vit_inputs, budgets={"wbits": 6.0}), "name": "hold:sensitivity"}
+        job = client.create_job(spec)  # held at the start of sensitivity: load and calibrate are checkpointed
+        wait_held(
+            server.root / "holds",
+            job["id"],
+            message=lambda: f"the job to reach sensitivity\n{server.log_tail()}",
+        )
+        current = client.get_job(job["id"])
+        assert current["status"] == "running" and current["stage"] == "sensitivity", current
+        finished = [s for s in current["stages"] if s["status"] == "finished"]
+        assert {s["name"] for s in finished} >= {"load", "calibrate"}, current["stages"]
         workers = server.worker_pids()
         checkpoint = {s["name"]: s["finished_at"] for s in finished}
     server.kill()
     killed_at = dt.datetime.now(dt.UTC)
-    time.sleep(1.0)
-    for pid in workers:  # the embedded worker died with its server
-        assert not pid_alive(pid), "the embedded worker outlived its server"
+    wait_until(  # the embedded worker dies with its server
+        lambda: not any(pid_alive(pid) for pid in workers),
+        60,
+        message="the embedded worker to die with its server",
+    )
 
     server.start()
     with MPQClient(server.url, server.api_key) as client:

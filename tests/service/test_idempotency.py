@@ -73,6 +73,7 @@ def test_request_in_flight_is_409_and_expired_keys_are_forgotten(client, tenant)
     response = client.post("/v1/jobs", headers={**tenant.headers, "Idempotency-Key": "busy"}, json=SPEC)
     assert response.status_code == 409
     assert error_of(response)["code"] == "idempotency_request_in_progress"
+    assert response.headers["Retry-After"] == "1"  # when to try again (RFC 9110)
     assert _jobs_of(client, tenant.name) == 0
     # once the key has expired (24 h by default) it is free again, even for another body
     with client.app.state.session_factory() as session:
@@ -120,6 +121,7 @@ def test_concurrent_submits_with_one_key_create_one_job(client, tenant) -> None:
     for response in responses:
         if response.status_code == 409:
             assert error_of(response)["code"] == "idempotency_request_in_progress"
+            assert response.headers["Retry-After"] == "1"
 
 
 def test_reallocate_and_upload_are_idempotent(client, tenant) -> None:

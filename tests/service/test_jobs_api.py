@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from quant.config import STAGES
 from service.job.repository import JobRepository
 from service.models import Job, JobStatus, StageStatus, Tenant
 
@@ -51,15 +52,9 @@ def test_valid_job_is_accepted_with_all_stages_pending(client, tenant, inputs) -
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["status"] == "queued" and job["progress"] == 0.0
-    assert [stage["name"] for stage in job["stages"]] == [
-        "load",
-        "sensitivity",
-        "latency",
-        "allocate",
-        "reconstruct",
-        "evaluate",
-        "export",
-    ]
+    assert [stage["name"] for stage in job["stages"]] == list(STAGES)
+    assert list(STAGES) == ["load", "calibrate", "sensitivity", "latency", "allocate", "reconstruct", "evaluate",
+                            "export"]
     assert {stage["status"] for stage in job["stages"]} == {"pending"}
     assert job["spec"]["model"]["weights_artifact_id"] == inputs["weights"]
     assert client.get(f"/v1/jobs/{job['id']}", headers=tenant.headers).json()["id"] == job["id"]

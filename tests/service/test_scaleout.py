@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +24,11 @@ from service.app import create_app
 from service.auth.service import create_key
 from service.settings import Settings
 from tests.components import missing_component
+from tests.waiting import wait_until
 
 from .conftest import drop_pg_schema, make_pg_schema_url
 from .helpers import TINY_VIT, TINY_VIT_IMAGE, TINY_VIT_KWARGS, images_bytes, tiny_vit_weights, upload
+from .hold import hold_env, release, wait_held
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -80,11 +81,11 @@ class Workers:
                     start_new_session=True,
                 )
             )
-        deadline = time.monotonic() + 120
-        while not all("ready." in log.read_text(errors="replace") for log in self.logs[-count:]):
-            assert time.monotonic() < deadline, self.tail()
-            assert all(p.poll() is None for p in self.processes), self.tail()
-            time.sleep(0.2)
+        wait_until(lambda: self._ready(self.logs[-count:]), 300, interval=0.2, message=self.tail)
+
+    def _ready(self, logs: list[Path]) -> bool:
+        assert all(p.poll() is None for p in self.processes), self.tail()
+        return all("ready." in log.read_text(errors="replace") for log in logs)
 
     def pid_running(self, job_id: str) -> int | None:
         """Pid of the worker whose log says it started ``job_id`` (worker ids are ``celery:host:pid``)."""
@@ -146,6 +147,7 @@ def cluster(
         "MPQ_HEARTBEAT_INTERVAL": "0.5",
         "MPQ_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
         "MPQ_WORKER_THREADS": "1",
+        **hold_env(root / "holds"),
     }
     workers = Workers(env, root)
     with TestClient(create_app(settings)) as client:
@@ -154,7 +156,7 @@ def cluster(
         client.headers["Authorization"] = f"Bearer {key}"
         try:
             workers.start(2)
-            yield {"client": client, "workers": workers, "root": root}
+            yield {"client": client, "workers": workers, "root": root, "holds": root / "holds"}
         finally:
             workers.stop()
             _delete_queue(broker, queue)
@@ -185,28 +187,36 @@ def _spec(inputs: dict[str, str], **method: Any) -> dict[str, Any]:
     }
 
 
-def _wait(client: TestClient, job_id: str, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+def _wait(client: TestClient, job_id: str, timeout: float = 600) -> dict[str, Any]:
+    """The job once it is succeeded, failed or cancelled."""
+
+    def done() -> dict[str, Any] | None:
         job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_until(done, timeout, interval=0.2, message=f"job {job_id} to end")
 
 
 def test_every_job_runs_exactly_once_and_completes(cluster, inputs) -> None:
-    client, workers = cluster["client"], cluster["workers"]
+    client, workers, holds = cluster["client"], cluster["workers"], cluster["holds"]
+    # the first job holds its worker (prefetch 1, late ack: it takes nothing else), so the other worker runs the rest
+    response = client.post("/v1/jobs", json={**_spec(inputs, wbits=4, abits=8), "name": "hold:sensitivity"})
+    assert response.status_code == 202, response.text
+    first = response.json()["id"]
+    holder = wait_held(holds, first, message=workers.tail)
     ids = []
-    for wbits in (4, 8, 4, 8):
+    for wbits in (8, 4, 8):
         response = client.post("/v1/jobs", json=_spec(inputs, wbits=wbits, abits=8))
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
-    jobs = [_wait(client, job_id) for job_id in ids]
+    rest = [_wait(client, job_id) for job_id in ids]
+    release(holds, first)
+    jobs = [_wait(client, first), *rest]
     assert [job["status"] for job in jobs] == ["succeeded"] * 4, [job["error"] for job in jobs]
     assert all(job["attempts"] == 1 for job in jobs)
-    assert all(workers.starts(job_id) == 1 for job_id in ids), workers.tail()
-    assert len({workers.pid_running(job_id) for job_id in ids}) == 2, "both workers should have taken jobs"
+    assert all(workers.starts(job_id) == 1 for job_id in [first, *ids]), workers.tail()
+    assert workers.pid_running(first) == holder
+    assert {workers.pid_running(job_id) for job_id in ids} == {p.pid for p in workers.processes} - {holder}
 
 
 def test_killed_worker_job_resumes_on_the_other_and_matches(cluster, inputs) -> None:
@@ -215,17 +225,14 @@ def test_killed_worker_job_resumes_on_the_other_and_matches(cluster, inputs) -> 
     reference = _wait(client, client.post("/v1/jobs", json=spec).json()["id"])
     assert reference["status"] == "succeeded", reference["error"]
 
-    job_id = client.post("/v1/jobs", json=spec).json()["id"]
-    deadline = time.monotonic() + 300
-    while True:  # kill the worker once a stage is checkpointed and a later one is running
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        done = [stage["name"] for stage in job["stages"] if stage["status"] == "finished"]
-        if job["status"] == "running" and done and job["stage"] not in (None, "load"):
-            break
-        assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
-        time.sleep(0.05)
-    victim = workers.pid_running(job_id)
-    assert victim is not None
+    # held at the start of sensitivity (load and calibrate checkpointed) until its worker is killed
+    job_id = client.post("/v1/jobs", json={**spec, "name": "hold:sensitivity"}).json()["id"]
+    victim = wait_held(cluster["holds"], job_id, message=workers.tail)
+    assert victim == workers.pid_running(job_id), workers.tail()
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "running" and job["stage"] == "sensitivity", job
+    done = [stage["name"] for stage in job["stages"] if stage["status"] == "finished"]
+    assert "load" in done, job["stages"]
     workers.kill(victim)
     job = _wait(client, job_id)
     assert job["status"] == "succeeded", (job["error"], workers.tail())
@@ -241,13 +248,11 @@ def test_cancel_reaches_a_running_worker(cluster, inputs) -> None:
     client = cluster["client"]
     spec = _spec(inputs, budgets={"wbits": 7.6})
     spec["data"] = {"artifact_id": inputs["many_images"], "num_calibration": 48, "batch_size": 16}
-    job_id = client.post("/v1/jobs", json=spec).json()["id"]
-    deadline = time.monotonic() + 300
-    while client.get(f"/v1/jobs/{job_id}").json()["stage"] != "sensitivity":  # mid-run, not at its end
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    job_id = client.post("/v1/jobs", json={**spec, "name": "hold:sensitivity"}).json()["id"]
+    wait_held(cluster["holds"], job_id, message=cluster["workers"].tail)  # mid-run, held until cancelled
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
     response = client.post(f"/v1/jobs/{job_id}/cancel")
     assert response.status_code == 202 and response.json()["cancel_requested"] is True
-    job = _wait(client, job_id, timeout=60)
+    job = _wait(client, job_id)
     assert job["status"] == "cancelled"
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409

@@ -1,6 +1,7 @@
-"""A job has one stage row per ``quant.config.STAGES`` entry, in order; migration 0004 gives jobs created before the
-``latency`` stage existed their row (``skipped`` when finished, ``pending`` when they may still run) and puts
-the later stages one position down, and its downgrade undoes exactly that. SQLite and PostgreSQL."""
+"""A job has one stage row per ``quant.config.STAGES`` entry, in order; migrations 0004 (``latency``) and 0005
+(``calibrate``) give jobs created before those stages existed their rows (``skipped`` when finished, ``pending`` when
+they may still run) and put the later stages one position down, and their downgrades undo exactly that. SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from service.models import Job, JobStage, JobStatus, StageStatus, Tenant
 
 #: The stages before revision 0004.
 OLD_STAGES = ("load", "sensitivity", "allocate", "reconstruct", "evaluate", "export")
+#: The stages migrations added since.
+ADDED_STAGES = ("latency", "calibrate")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -40,11 +43,12 @@ def test_new_jobs_get_a_row_per_stage_in_order(client, tenant) -> None:
     }
     job = client.post("/v1/jobs", headers=tenant.headers, json=spec).json()
     assert "latency" in STAGES and STAGES.index("latency") == STAGES.index("sensitivity") + 1
+    assert STAGES.index("calibrate") == STAGES.index("load") + 1
     assert [stage["name"] for stage in job["stages"]] == list(STAGES)
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant.headers)
 
 
-def test_migration_0004_adds_the_latency_stage_to_existing_jobs(database_url: str) -> None:
+def test_migrations_add_the_new_stages_to_existing_jobs(database_url: str) -> None:
     migrations.upgrade(database_url, "0003_hardening")
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
@@ -73,10 +77,11 @@ def test_migration_0004_adds_the_latency_stage_to_existing_jobs(database_url: st
             rows = _stages(factory, job_id)
             assert [name for name, _, _ in rows] == list(STAGES)
             assert [position for _, position, _ in rows] == list(range(len(STAGES)))
-            latency = {name: state for name, _, state in rows}["latency"]
-            assert latency == ("pending" if status in (JobStatus.QUEUED, JobStatus.RUNNING) else "skipped")
+            states = {name: state for name, _, state in rows}
+            for added in ADDED_STAGES:
+                assert states[added] == ("pending" if status in (JobStatus.QUEUED, JobStatus.RUNNING) else "skipped")
             old = {name: state for name, _, state in before[status]}
-            assert {name: state for name, _, state in rows if name != "latency"} == old
+            assert {name: state for name, state in states.items() if name not in ADDED_STAGES} == old
 
         migrations.downgrade(database_url, "0003_hardening")
         for status, job_id in jobs.items():

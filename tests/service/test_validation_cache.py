@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from quant.config import DataSpec, ModelSpec, PipelineConfig
 from service.job import pipeline as gateway
 from service.kit.errors import UnprocessableEntity
+from tests.waiting import wait_until
 
 
 class _CountingPipeline:
@@ -21,15 +21,17 @@ class _CountingPipeline:
             super().__init__(message)
             self.code, self.message, self.details = code, message, details or {}
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, release: threading.Event | None = None) -> None:
         self.calls = 0
         self.fail = fail
+        self.release = release  # a validation runs until the test sets it (None: returns at once)
         self.lock = threading.Lock()
 
     def validate_config(self, _config: PipelineConfig) -> None:
         with self.lock:
             self.calls += 1
-        time.sleep(0.2)
+        if self.release is not None:
+            self.release.wait(timeout=300)
         if self.fail:
             raise self.PipelineInputError("invalid_bits", "bits 7 not allowed", {"bits": 7})
 
@@ -41,14 +43,26 @@ def _config(source: str = "builtin:digits") -> PipelineConfig:
 
 
 def test_concurrent_identical_requests_validate_once(monkeypatch) -> None:
-    fake = _CountingPipeline()
+    release = threading.Event()
+    fake = _CountingPipeline(release=release)
     monkeypatch.setattr(gateway, "pipeline_module", lambda: fake)
     config = _config()
-    threads = [threading.Thread(target=gateway.validate, args=(config,)) for _ in range(10)]
+    arrived = threading.Semaphore(0)
+
+    def request() -> None:
+        arrived.release()
+        gateway.validate(config)
+
+    threads = [threading.Thread(target=request) for _ in range(10)]
     for thread in threads:
         thread.start()
+    for _ in threads:  # every request is under way...
+        assert arrived.acquire(timeout=300)
+    wait_until(lambda: fake.calls, 300, message="the first validation to start")
+    release.set()  # ...while the first validation runs: the others wait for it or find its result cached
     for thread in threads:
-        thread.join()
+        thread.join(timeout=300)
+    assert not any(thread.is_alive() for thread in threads)
     gateway.validate(config)
     assert fake.calls == 1
 

@@ -1,6 +1,7 @@
 """Webhooks per Standard Webhooks against a real HTTP receiver on 127.0.0.1: signatures verified with the
-``standardwebhooks`` library, retries with the same webhook-id and exponential backoff, endpoint disabled after
-N failures and re-enabled, URL rules, and a pending delivery that survives a killed server."""
+``standardwebhooks`` library, retries with the same webhook-id and exponential backoff, URL rules, and a pending
+delivery that survives a killed server. Outages, disabling, rotation, PATCH and resends: test_webhooks_outage.py
+and test_webhooks_manage.py."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +25,9 @@ from service.models import Job, JobStatus, Tenant, WebhookDelivery, WebhookEndpo
 from service.settings import Settings
 from service.webhooks.backoff import retry_delay
 from service.webhooks.delivery import DeliveryWorker
+from tests.waiting import wait_until
 
+from .clock import FakeClock
 from .conftest import error_of
 from .server import ServerProcess, free_port
 from .webhook_receiver import Receiver
@@ -43,7 +47,6 @@ def settings(backend_url: str, tmp_path_factory: pytest.TempPathFactory) -> Sett
         webhook_backoff_base=BASE,
         webhook_backoff_max=60.0,
         webhook_max_attempts=5,
-        webhook_disable_after=3,
         webhook_timeout=5.0,
     )
 
@@ -119,31 +122,38 @@ def test_signed_deliveries_verify_with_the_library(client, tenant, sender) -> No
         assert all(d["attempts"] == 1 and d["last_status_code"] == 200 for d in deliveries["data"])
 
 
-def test_retries_keep_the_webhook_id_and_back_off(client, tenant, sender) -> None:
-    with Receiver([500, 500, 200]) as receiver:
-        endpoint = _register(client, tenant, receiver.url)
-        job_id = _job(client, tenant.name)
-        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers).status_code == 202
-        url = f"/v1/webhooks/{endpoint['id']}/deliveries"
-        for attempt in (1, 2):
-            before = utcnow()
+def test_retries_keep_the_webhook_id_and_back_off(client, tenant, settings) -> None:
+    clock = FakeClock()  # the backoff is checked on the sender's own clock, not on how fast this machine is
+    sender = DeliveryWorker(client.app.state.session_factory, settings, clock=clock)
+    try:
+        with Receiver([500, 500, 200]) as receiver:
+            endpoint = _register(client, tenant, receiver.url)
+            job_id = _job(client, tenant.name)
+            assert client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers).status_code == 202
+            url = f"/v1/webhooks/{endpoint['id']}/deliveries"
+            clock.reset()  # the delivery is due now
+            for attempt in (1, 2):
+                before = clock.now
+                assert sender.run_once() == 1
+                (delivery,) = client.get(url, headers=tenant.headers).json()["data"]
+                assert delivery["status"] == "pending" and delivery["attempts"] == attempt
+                assert delivery["last_status_code"] == 500
+                wait = (dt.datetime.fromisoformat(delivery["next_attempt_at"]) - before).total_seconds()
+                ceiling = BASE * 2 ** (attempt - 1)
+                # exponential, jittered (the database keeps microseconds)
+                assert 0.5 * ceiling - 1e-3 <= wait <= ceiling + 1e-3, (attempt, wait)
+                assert sender.run_once() == 0  # not due yet
+                clock.advance(ceiling)
             assert sender.run_once() == 1
-            (delivery,) = client.get(url, headers=tenant.headers).json()["data"]
-            assert delivery["status"] == "pending" and delivery["attempts"] == attempt
-            assert delivery["last_status_code"] == 500
-            wait = (dt.datetime.fromisoformat(delivery["next_attempt_at"]) - before).total_seconds()
-            ceiling = BASE * 2 ** (attempt - 1)
-            assert 0.5 * ceiling - 0.5 <= wait <= ceiling + 0.5, (attempt, wait)  # exponential, jittered
-            assert sender.run_once() == 0  # not due yet
-            _make_due(client)
-        assert sender.run_once() == 1
-        ids = [headers["webhook-id"] for headers, _ in receiver.received]
-        assert len(ids) == 3 and len(set(ids)) == 1
-        bodies = {body for _, body in receiver.received}
-        assert len(bodies) == 1  # the same message every time
-        (delivery,) = client.get(url, headers=tenant.headers).json()["data"]
-        assert delivery["status"] == "succeeded" and delivery["attempts"] == 3
-        assert delivery["webhook_id"] == ids[0] and delivery["next_attempt_at"] is None
+    finally:
+        sender.stop()
+    ids = [headers["webhook-id"] for headers, _ in receiver.received]
+    assert len(ids) == 3 and len(set(ids)) == 1
+    bodies = {body for _, body in receiver.received}
+    assert len(bodies) == 1  # the same message every time
+    (delivery,) = client.get(url, headers=tenant.headers).json()["data"]
+    assert delivery["status"] == "succeeded" and delivery["attempts"] == 3
+    assert delivery["webhook_id"] == ids[0] and delivery["next_attempt_at"] is None
 
 
 def test_backoff_schedule_spans_hours_by_default() -> None:
@@ -166,29 +176,6 @@ class _Top:
 class _Bottom:
     def random(self) -> float:
         return 0.0
-
-
-def test_endpoint_disabled_after_n_failures_and_reenabled(client, tenant, sender) -> None:
-    with Receiver([503, 503, 503, 200]) as receiver:
-        endpoint = _register(client, tenant, receiver.url)
-        job_id = _job(client, tenant.name)
-        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers).status_code == 202
-        for _ in range(3):
-            assert sender.run_once() == 1
-            _make_due(client)
-        state = client.get(f"/v1/webhooks/{endpoint['id']}", headers=tenant.headers).json()
-        assert state["enabled"] is False and state["failure_count"] == 3
-        assert "enable" in state["disabled_reason"]
-        assert sender.run_once() == 0  # nothing is sent to a disabled endpoint
-        assert len(receiver.received) == 3
-        response = client.post(f"/v1/webhooks/{endpoint['id']}/enable", headers=tenant.headers)
-        assert response.status_code == 200 and response.json()["enabled"] is True
-        assert sender.run_once() == 1
-        assert len(receiver.received) == 4
-        (delivery,) = client.get(f"/v1/webhooks/{endpoint['id']}/deliveries", headers=tenant.headers).json()[
-            "data"
-        ]
-        assert delivery["status"] == "succeeded" and delivery["attempts"] == 4
 
 
 def test_delete_and_tenant_isolation(client, make_tenant) -> None:
@@ -270,29 +257,27 @@ def test_pending_delivery_survives_a_killed_server(tmp_path: Path) -> None:
                 assert JobRepository(session).cancel_if_queued(job.id)
                 session.commit()
             deliveries_url = f"{server.url}/v1/webhooks/{endpoint['id']}/deliveries"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+
+            def delivery_where(done: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
                 (delivery,) = httpx.get(deliveries_url, headers=headers).json()["data"]
-                if delivery["attempts"] >= 1:
-                    break
-                time.sleep(0.1)
+                return delivery if done(delivery) else None
+
+            delivery = wait_until(
+                lambda: delivery_where(lambda d: d["attempts"] >= 1), 120, message=server.log_tail
+            )
             assert delivery["status"] == "pending" and delivery["last_status_code"] is None
             assert "Connect" in delivery["last_error"] or "refused" in delivery["last_error"]
             server.kill()  # SIGKILL: nothing gets a chance to clean up
             with Receiver([200], port=port) as receiver:
                 server.start()
-                assert receiver.wait_for(1, timeout=60), server.log_tail()
+                assert receiver.wait_for(1, timeout=120), server.log_tail()
                 headers_in, body = receiver.received[0]
                 assert headers_in["webhook-id"] == delivery["webhook_id"]
                 payload = Webhook(endpoint["secret"]).verify(body, headers_in)
                 assert payload["type"] == "job.cancelled" and payload["data"]["job_id"] == str(job.id)
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    (delivery,) = httpx.get(deliveries_url, headers=headers).json()["data"]
-                    if delivery["status"] == "succeeded":
-                        break
-                    time.sleep(0.1)
-                assert delivery["status"] == "succeeded"
+                wait_until(
+                    lambda: delivery_where(lambda d: d["status"] == "succeeded"), 120, message=server.log_tail
+                )
         finally:
             engine.dispose()
     finally:

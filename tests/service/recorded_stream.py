@@ -1,0 +1,88 @@
+"""A recorded job event stream, served over real HTTP so the CLI and the client can be tested on it.
+
+``EVENTS`` is what ``GET /v1/jobs/{id}/events`` sends for a job driven through :data:`tests.service.live.REPORTS`
+(``test_events`` checks that the live server sends exactly these). ``RecordedStream(EVENTS)`` serves one job:
+``GET /v1/jobs/<JOB_ID>`` (the job, queued) and its event stream, so the progress bar is rendered from a fixed
+sequence instead of a job racing the test.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+__all__ = ["EVENTS", "JOB_ID", "RecordedStream"]
+
+JOB_ID = "00000000-0000-4000-8000-000000000001"
+
+EVENTS: list[tuple[str, dict[str, Any]]] = [
+    ("status", {"status": "queued", "message": "queued"}),
+    ("status", {"status": "running", "message": "running"}),
+    ("stage", {"stage": "load", "state": "started"}),
+    ("progress", {"stage": "load", "progress": 0.02, "eta_seconds": None, "message": "loading"}),
+    ("stage", {"stage": "load", "state": "finished"}),
+    ("stage", {"stage": "sensitivity", "state": "started"}),
+    ("progress", {"stage": "sensitivity", "progress": 0.1, "eta_seconds": 90.0, "message": "sensitivity 1/4"}),
+    (
+        "progress",
+        {"stage": "sensitivity", "progress": 0.1, "eta_seconds": 108.0, "message": "a report going backwards"},
+    ),
+    ("progress", {"stage": "sensitivity", "progress": 0.3, "eta_seconds": 46.7, "message": "sensitivity 4/4"}),
+    ("status", {"status": "succeeded", "message": "done"}),
+]
+
+_QUEUED_JOB = {
+    "id": JOB_ID,
+    "name": "recorded",
+    "status": "queued",
+    "progress": 0.0,
+    "stage": None,
+    "message": "queued",
+    "created_at": "2026-01-01T00:00:00Z",
+    "updated_at": "2026-01-01T00:00:00Z",
+}
+
+
+class RecordedStream:
+    """``with RecordedStream(events) as stream: stream.url``: a stand-in API that serves one recorded job."""
+
+    def __init__(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        body = "".join(
+            f"id: {number}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+            for number, (kind, data) in enumerate(events, start=1)
+        ).encode()
+        job = json.dumps(_QUEUED_JOB).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+                if self.path == f"/v1/jobs/{JOB_ID}":
+                    self._send(200, "application/json", job)
+                elif self.path == f"/v1/jobs/{JOB_ID}/events":
+                    self._send(200, "text/event-stream", body)
+                else:
+                    self._send(404, "application/json", b'{"error": {"code": "job_not_found"}}')
+
+            def _send(self, status: int, content_type: str, content: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=30)
