@@ -32,7 +32,6 @@ _ALLOWED = {
     ("bundle/save.py", "_contents"): "serialisation: tensors written to a safetensors file live on the CPU",
     ("packing.py", "pack_codes"): "bit packing for the bundle file runs on the CPU",
     ("packing.py", "unpack_codes"): "bit unpacking of a bundle file runs on the CPU",
-    ("onnx_export.py", "export_onnx"): "ONNX export traces on the CPU",
     ("data.py", "*"): "datasets are loaded on the CPU and moved to the device in batches",
     ("reconstruct/qdrop.py", "MaskSource.__init__"): "the CPU mask pool's generator is used on the CPU only",
 }

@@ -20,7 +20,8 @@ from quant.calibration import SearchSettings
 from quant.data import load_dataset
 from quant.evaluate import compare_logits, predict_logits
 from quant.models import build_model
-from quant.onnx_export import _ActivationQDQ, _container, export_onnx
+from quant.export import export_onnx
+from quant.export.qdq import container, grid_of
 from quant.ptq import quantize_ptq
 from quant.quantizers import AffineParams, affine_from_range, fake_quant, weight_codes
 from quant.reconstruct import reconstruct_
@@ -49,22 +50,22 @@ def test_activation_qdq_equals_fake_quantizer(bits, low, high):
     params = affine_from_range(low, high, bits)
     x = torch.linspace(low - 1, high + 1, 4001)
     zero = int(params.zero_point)
-    choice = _container(zero, 2**bits - 1)
-    if choice is None:  # only an 8-bit zero point outside [0, 255] has no container
+    grid = grid_of(params)
+    if grid is None:  # only an 8-bit zero point outside [0, 255] has no container
         assert bits == 8 and not 0 <= zero <= 255
         return
     expected = fake_quant(x, params)
-    assert torch.equal(_ActivationQDQ(params, *choice)(x), expected)
+    assert torch.equal(grid.simulate(x), expected)
     assert len(expected.unique()) > 2 ** (bits - 1)  # the test range covers many codes, not a degenerate grid
 
 
 def test_container_choice():
-    assert _container(3, 15) == (torch.uint8, 3)
-    assert _container(-20, 15) == (torch.uint8, 0)  # codes [20, 35] in uint8
-    assert _container(250, 15) == (torch.uint8, 250)
-    assert _container(-250, 15) is None and _container(300, 15) is None  # zero point outside the container
-    assert _container(-1, 255) is None and _container(256, 255) is None
-    assert _container(0, 255) == (torch.uint8, 0)
+    assert container(3, 15) == (np.uint8, 3)
+    assert container(-20, 15) == (np.uint8, 0)  # codes [20, 35] in uint8
+    assert container(250, 15) == (np.uint8, 250)
+    assert container(-250, 15) is None and container(300, 15) is None  # zero point outside the container
+    assert container(-1, 255) is None and container(256, 255) is None
+    assert container(0, 255) == (np.uint8, 0)
 
 
 def test_swin_with_log2_exports_and_runs(tmp_path):

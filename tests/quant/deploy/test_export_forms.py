@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +21,8 @@ from quant.calibration import calibrate_table
 from quant.data import load_dataset
 from quant.evaluate import predict_logits
 from quant.models import build_model
-from quant.onnx_export import OnnxExportError, block_codes, export_onnx, pack_matmul_nbits
+from quant.deploy.onnxruntime_cpu.emit import pack_matmul_nbits as _pack_numpy
+from quant.export import OnnxExportError, export_onnx
 from quant.ptq import calibration_plan, wrapped_copy
 from quant.quantizers import AffineParams, DynamicParams, LayerParams, fit_weight, weight_codes
 from quant.quantizers.weight import padded_block_codes
@@ -53,11 +55,16 @@ def _matmul_nbits_model(packed, scales, zero, k: int, n: int, bits: int, block_s
 
 def _block_params(weight: torch.Tensor, bits: int, block_size: int):
     """The block-wise weight params calibration fits (scale and zero point [N, n_blocks, 1]) and their codes
-    [N, n_blocks, block_size]; ``block_codes`` (the exporter's) and ``padded_block_codes`` agree."""
+    [N, n_blocks, block_size] (``padded_block_codes``, the codes the exporter writes)."""
     params = fit_weight(weight, bits, layout="block", block_size=block_size)
-    codes = block_codes(weight, params.scale, params.zero_point, bits, block_size)
-    assert torch.equal(codes, padded_block_codes(weight, params))
+    codes = padded_block_codes(weight, params)
     return params.scale, params.zero_point, codes
+
+
+def pack_matmul_nbits(codes, zero, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exporter's ``MatMulNBits`` packing (numpy) on torch inputs, returning torch tensors."""
+    packed, zero_packed = _pack_numpy(np.asarray(codes), np.asarray(zero), bits)
+    return torch.from_numpy(packed), torch.from_numpy(zero_packed)
 
 
 # ---- MatMulNBits packing ---------------------------------------------------------------------------------
