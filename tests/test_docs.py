@@ -85,8 +85,12 @@ def links(page: Path) -> list[tuple[int, str]]:
 
 
 def _relative_links() -> list[tuple[Path, int, str]]:
-    return [(page, number, target) for page in PAGES for number, target in links(page)
-            if not re.match(r"^[a-z][a-z0-9+.-]*:", target)]  # http:, https:, mailto: are not checked here
+    return [
+        (page, number, target)
+        for page in PAGES
+        for number, target in links(page)
+        if not re.match(r"^[a-z][a-z0-9+.-]*:", target)
+    ]  # http:, https:, mailto: are not checked here
 
 
 def _id(param: tuple[Path, int, str]) -> str:
@@ -116,7 +120,9 @@ def test_relative_link_resolves(link: tuple[Path, int, str]) -> None:
     if anchor:
         assert target_file.suffix == ".md", f"{where}: anchors are only checked in Markdown files"
         known = anchors(target_file)
-        assert anchor in known, f"{where}: no heading of {relative} has the anchor #{anchor}; it has {sorted(known)}"
+        assert anchor in known, (
+            f"{where}: no heading of {relative} has the anchor #{anchor}; it has {sorted(known)}"
+        )
 
 
 def test_readme_is_at_most_200_lines() -> None:
@@ -126,8 +132,19 @@ def test_readme_is_at_most_200_lines() -> None:
 
 def test_readme_names_only_existing_paths() -> None:
     """Repository paths in the README's code spans (the method/stage table) exist."""
-    roots = ("quant/", "solver/", "service/", "alembic/", "bench/", "examples/", "scripts/", "docker/", "tests/",
-             "docs/", ".ci/")
+    roots = (
+        "quant/",
+        "solver/",
+        "service/",
+        "alembic/",
+        "bench/",
+        "examples/",
+        "scripts/",
+        "docker/",
+        "tests/",
+        "docs/",
+        ".ci/",
+    )
     missing = []
     for _, line in _prose_lines(README.read_text()):
         for span in _INLINE_CODE.findall(line):
@@ -140,7 +157,9 @@ def test_readme_names_only_existing_paths() -> None:
 def test_readme_has_no_diary_traces() -> None:
     text = README.read_text()
     assert "/tmp" not in text, "README.md names a /tmp path"
-    assert not re.search(r"(?<![\w/&])#\d+\b|\bissue \d+", text, re.IGNORECASE), "README.md names issue numbers"
+    assert not re.search(r"(?<![\w/&])#\d+\b|\bissue \d+", text, re.IGNORECASE), (
+        "README.md names issue numbers"
+    )
     assert "was lent" not in text
 
 
@@ -192,10 +211,22 @@ def test_readme_cli_example_runs(tmp_path: Path) -> None:
     args = words[2:]
     if "--output" in args:
         args[args.index("--output") + 1] = str(tmp_path / "out")
-    command = [sys.executable, "-m", "quant.cli", "quantize", *args, "--num-calib", "32", "--range-search",
-               "minmax", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "quant.cli",
+        "quantize",
+        *args,
+        "--num-calib",
+        "32",
+        "--range-search",
+        "minmax",
+        "--json",
+    ]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, f"{shlex.join(command)} failed:\n{result.stderr[-3000:]}"
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["quantized"]["top1"] > 90.0, summary["quantized"]
@@ -215,8 +246,13 @@ def api(tmp_path: Path):
     from service.auth.service import create_key
     from service.settings import Settings
 
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'mpq.db'}", artifact_dir=tmp_path / "artifacts",
-                        embedded_worker=False, webhook_worker=False, data_root=None)
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'mpq.db'}",
+        artifact_dir=tmp_path / "artifacts",
+        embedded_worker=False,
+        webhook_worker=False,
+        data_root=None,
+    )
     with TestClient(create_app(settings)) as client:
         with client.app.state.session_factory() as session:
             created = create_key(session, f"docs-{uuid.uuid4().hex[:8]}")
@@ -244,7 +280,9 @@ def test_readme_api_example_is_accepted(api) -> None:
         else:
             i += 1
     assert url and body, words
-    assert headers.get("Authorization") == f"Bearer {key}", "the example must send the API key as a Bearer token"
+    assert headers.get("Authorization") == f"Bearer {key}", (
+        "the example must send the API key as a Bearer token"
+    )
     json.loads(body)  # the body in the README is valid JSON
     path = urlparse(url).path
     response = client.request(method, path, headers=headers, content=body)
