@@ -108,8 +108,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_keys(args: argparse.Namespace) -> int:
     from service import migrations
     from service.auth.service import create_key, list_keys, parse_duration, revoke_key
-    from service.kit.db import make_engine, make_session_factory, session_scope
-    from service.kit.errors import MPQError
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.errors import MPQError
 
     settings = settings_from()
     if not migrations.is_up_to_date(settings.database_url):
@@ -150,7 +150,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 def _cmd_db(args: argparse.Namespace) -> int:
     from service import migrations
-    from service.kit.db import make_engine
+    from service.db import make_engine
 
     url = args.url or settings_from().database_url
     if args.db_command == "upgrade":

@@ -1,7 +1,7 @@
 """How a failed, cancelled or interrupted run ends: the job's status and the error a tenant sees.
 
 A tenant never sees a traceback or a server path: a failure is recorded as a code, a message (paths replaced by
-artifact ids, see :class:`~service.kit.redact.Redactor`) and the job id as correlation id; the traceback goes to
+artifact ids, see :class:`~service.redact.Redactor`) and the job id as correlation id; the traceback goes to
 the server log. CUDA out-of-memory fails the job with ``out_of_memory`` and what to reduce; a worker shutting
 down puts the job back in the queue with its finished stages kept.
 """
@@ -13,9 +13,9 @@ import sys
 import traceback
 from typing import Any
 
+from service.errors import MPQError
 from service.job.pipeline import input_error_to_dict
-from service.kit.errors import MPQError
-from service.kit.jsonable import jsonable
+from service.jsonable import jsonable
 from service.models import JobStatus
 from service.tracking import track_job
 from service.worker.job_run import JobRun

@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import session_scope, utcnow
 from service.events.progress import ProgressTracker
 from service.events.recorder import record_progress, record_stage, record_status
 from service.job.repository import JobRepository
 from service.job.schemas import JobCreate
-from service.kit.db import session_scope, utcnow
-from service.kit.redact import Redactor
 from service.models import JobStatus
+from service.redact import Redactor
 from service.settings import Settings
 from service.worker.store import LeaseLost
 

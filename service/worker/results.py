@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from service.kit.jsonable import jsonable
+from service.jsonable import jsonable
 from service.models import JobLayer
 
 __all__ = ["BUNDLE_REPORT_SECTIONS", "bundle_sections", "layer_rows", "write_bundle"]

@@ -24,16 +24,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.artifact.repository import ArtifactRepository
 from service.artifact.storage import BlobStore
+from service.db import session_scope
+from service.errors import MPQError
 from service.events.logs import JobLogCapture
 from service.job.config import build_pipeline_config
 from service.job.pipeline import pipeline_module
 from service.job.repository import JobRepository
 from service.job.schemas import JobCreate
-from service.kit.db import session_scope
-from service.kit.errors import MPQError
-from service.kit.jsonable import jsonable
-from service.kit.redact import Redactor
+from service.jsonable import jsonable
 from service.models import JobStatus
+from service.redact import Redactor
 from service.settings import Settings
 from service.tracking import track_job
 from service.worker.failures import check_worker_device, handle_failure

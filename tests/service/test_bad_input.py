@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save
 from sqlalchemy import select
 
+from service.errors import UnprocessableEntity
 from service.job.config import check_device
 from service.job.repository import JobRepository
-from service.kit.errors import UnprocessableEntity
 from service.models import Job, JobStatus, StageStatus, Tenant
 from service.settings import Settings
 
