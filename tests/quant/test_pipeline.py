@@ -134,8 +134,8 @@ def test_stages_do_not_import_the_pipeline():
 
 def test_validation_profile_on_meta_matches_the_real_model():
     """Submit-time checks use a per-architecture profile built on the meta device: same costs as the real model."""
+    from quant.layer_costs import profile_layers
     from quant.models import build_model
-    from quant.profile import profile_layers
     from quant.validation import architecture
     from quant.wrap import wrap_model_
 
