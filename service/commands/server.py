@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["add_commands", "data_location", "settings_from"]
+__all__ = ["add_commands", "settings_from"]
 
 
 def settings_from(**overrides: Any) -> Any:
@@ -83,13 +83,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def data_location(settings: Any) -> str:
-    """Where this server keeps its data, for the start-up line (database passwords hidden)."""
-    from service.serve import data_location as _location
-
-    return _location(settings)
-
-
 def _cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_from()
     if not settings.broker_url:
@@ -99,6 +92,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from service.serve import data_location
     from service.worker.celery_app import run_celery_worker
 
     print(f"mpq worker: {data_location(settings)}; device MPQ_DEVICE={settings.device}", flush=True)

@@ -356,7 +356,7 @@ def test_a_cuda_job_reaching_a_cpu_worker_fails_fast(client, tenant, settings, i
 
 
 def test_the_printed_data_location_hides_database_passwords(tmp_path) -> None:
-    from service.commands.server import data_location
+    from service.serve import data_location
 
     text = data_location(
         Settings(
