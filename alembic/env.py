@@ -9,7 +9,7 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
-from service.kit.db import make_engine
+from service.db import make_engine
 from service.models import Base
 from service.settings import Settings
 

@@ -11,7 +11,7 @@ import os as _os
 # load 4). Passive waiting must be chosen before torch loads libgomp, so it is set here, on first import.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def load_quantized(path, device: str = "cpu"):

@@ -26,8 +26,8 @@ from torch import nn
 from .config import ALLOWED_ABITS, ALLOWED_WBITS, PipelineConfig
 from .data import DataLoadError, SourceInfo, describe_source
 from .errors import PipelineInputError
+from .layer_costs import LayerProfile, profile_layers
 from .models import BUILTIN_MODELS, BUILTIN_PREFIX, ModelLoadError, builtin_spec, model_info
-from .profile import LayerProfile, profile_layers
 from .wrap import component_of
 
 __all__ = [
@@ -49,7 +49,7 @@ class ArchInfo:
     """What validation needs to know of an architecture, found without building real weights.
 
     input_shape: ``(C, H, W)`` in pixels; state: ``{state-dict key: (shape, is_float)}``;
-    profiles: per quantization layer costs for one image (see :func:`quant.profile.profile_layers`).
+    profiles: per quantization layer costs for one image (see :func:`quant.layer_costs.profile_layers`).
     """
 
     arch: str

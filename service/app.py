@@ -17,17 +17,17 @@ from fastapi import Depends, FastAPI
 from service import migrations
 from service.allocate.endpoints import router as allocate_router
 from service.artifact.endpoints import router as artifact_router
+from service.body_limits import BodyLimit, BodySizeLimitMiddleware
+from service.db import make_engine, make_read_session_factory, make_session_factory
 from service.errors_http import install_error_handlers
 from service.events.endpoints import router as events_router
 from service.health.endpoints import router as health_router
 from service.job.endpoints import router as job_router
 from service.job.service import NullDispatcher
-from service.kit.db import make_engine, make_read_session_factory, make_session_factory
-from service.kit.limits import BodyLimit, BodySizeLimitMiddleware
-from service.kit.storable import reject_unstorable_input
 from service.metrics import Metrics, PrometheusMiddleware
 from service.metrics import router as metrics_router
 from service.settings import Settings, get_settings
+from service.storable_input import reject_unstorable_input
 from service.webhooks.endpoints import router as webhooks_router
 
 __all__ = ["create_app"]

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from service.kit.db import session_scope
+from service.db import session_scope
 from service.settings import Settings
 
 __all__ = ["SessionDep", "SettingsDep", "get_app_settings", "get_session"]

@@ -6,7 +6,7 @@ unexpected is a 500 ``internal_error`` whose details are logged, not returned.
 
 Every error response carries a correlation id: the ``X-Request-ID`` header (the client's own, when it sent a
 sane one) and ``details.request_id``; the server log has the same id. Messages and details go through a
-:class:`~service.kit.redact.Redactor`, so no server path or traceback reaches a tenant.
+:class:`~service.redact.Redactor`, so no server path or traceback reaches a tenant.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.kit.errors import MPQError
-from service.kit.redact import Redactor
+from service.errors import MPQError
+from service.redact import Redactor
 
 __all__ = ["install_error_handlers", "request_id"]
 

@@ -46,9 +46,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.db import session_scope, utcnow
+from service.errors import Unauthorized
 from service.job.repository import JobRepository
-from service.kit.db import session_scope, utcnow
-from service.kit.errors import Unauthorized
 from service.models import Job, JobStage, JobStatus
 
 __all__ = ["JobsCollector", "Metrics", "PrometheusMiddleware", "router"]

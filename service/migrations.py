@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from alembic import command
-from service.kit.db import make_engine
+from service.db import make_engine
 
 __all__ = [
     "ALEMBIC_INI",

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from service.kit.errors import UnprocessableEntity
+from service.errors import UnprocessableEntity
 
 __all__ = ["Cursor", "Page", "decode_cursor", "encode_cursor", "keyset_page"]
 

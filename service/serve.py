@@ -43,7 +43,7 @@ def _prepare(settings: Any) -> None:
     """Migrate (``MPQ_AUTO_MIGRATE``) and, when the database has no key at all, make one and print it once."""
     from service import migrations
     from service.auth.service import ensure_local_key
-    from service.kit.db import make_engine, make_session_factory, session_scope
+    from service.db import make_engine, make_session_factory, session_scope
 
     if settings.auto_migrate:
         migrations.upgrade(settings.database_url)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-import service.kit.db
+import service.db
 from alembic import op
 
 revision: str = "0001"
@@ -25,7 +25,7 @@ def upgrade() -> None:
         "tenants",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
-        sa.Column("created_at", service.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", service.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tenants")),
         sa.UniqueConstraint("name", name=op.f("uq_tenants_name")),
     )
@@ -36,8 +36,8 @@ def upgrade() -> None:
         sa.Column("key_hash", sa.String(length=64), nullable=False),
         sa.Column("prefix", sa.String(length=16), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
-        sa.Column("created_at", service.kit.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("revoked_at", service.kit.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", service.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", service.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["tenant_id"], ["tenants.id"], name=op.f("fk_api_keys_tenant_id_tenants"), ondelete="CASCADE"
         ),
@@ -64,7 +64,7 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.Column("created_at", service.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", service.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["tenant_id"], ["tenants.id"], name=op.f("fk_artifacts_tenant_id_tenants"), ondelete="CASCADE"
         ),
@@ -127,11 +127,11 @@ def upgrade() -> None:
         sa.Column("worker_id", sa.String(length=200), nullable=True),
         sa.Column("lease_id", sa.String(length=32), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("heartbeat_at", service.kit.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", service.kit.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", service.kit.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("started_at", service.kit.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("finished_at", service.kit.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("heartbeat_at", service.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", service.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", service.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("started_at", service.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", service.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["data_artifact_id"],
             ["artifacts.id"],
@@ -205,8 +205,8 @@ def upgrade() -> None:
             ),
             nullable=False,
         ),
-        sa.Column("started_at", service.kit.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("finished_at", service.kit.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", service.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", service.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
             "output",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-import service.kit.db
+import service.db
 from alembic import op
 
 revision: str = "0002_mlops"
@@ -32,8 +32,8 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=True,
         ),
-        sa.Column("created_at", service.kit.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", service.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", service.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", service.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["tenant_id"],
             ["tenants.id"],
@@ -60,7 +60,7 @@ def upgrade() -> None:
         sa.Column("enabled", sa.Boolean(), nullable=False),
         sa.Column("failure_count", sa.Integer(), nullable=False),
         sa.Column("disabled_reason", sa.Text(), nullable=False),
-        sa.Column("created_at", service.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", service.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["tenant_id"],
             ["tenants.id"],
@@ -88,12 +88,12 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("next_attempt_at", service.kit.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("locked_until", service.kit.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("next_attempt_at", service.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("locked_until", service.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_status_code", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=False),
-        sa.Column("created_at", service.kit.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("delivered_at", service.kit.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", service.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", service.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["endpoint_id"],
             ["webhook_endpoints.id"],
@@ -120,7 +120,7 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.Column("created_at", service.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", service.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name=op.f("fk_job_events_job_id_jobs"), ondelete="CASCADE"
         ),
@@ -130,7 +130,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_job_events_job_id_id", ["job_id", "id"], unique=False)
 
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("expires_at", service.kit.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("expires_at", service.db.UTCDateTime(timezone=True), nullable=True))
 
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-import service.kit.db
+import service.db
 from alembic import op
 
 revision: str = "0005_webhook_outages"
@@ -26,12 +26,12 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("webhook_endpoints", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("failing_since", service.kit.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("failing_since", service.db.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("previous_secret", sa.String(length=100), nullable=True))
         batch_op.add_column(
-            sa.Column("previous_secret_expires_at", service.kit.db.UTCDateTime(timezone=True), nullable=True)
+            sa.Column("previous_secret_expires_at", service.db.UTCDateTime(timezone=True), nullable=True)
         )
-        batch_op.add_column(sa.Column("updated_at", service.kit.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("updated_at", service.db.UTCDateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:

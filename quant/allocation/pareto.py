@@ -20,7 +20,7 @@ from solver import Problem, SolverInputError, pareto_sweep
 
 from ..config import BUDGET_KEYS, LATENCY_BUDGETS, MethodSpec
 from ..errors import PipelineInputError
-from ..profile import LayerProfile
+from ..layer_costs import LayerProfile
 from ..sensitivity import SensitivityTable
 from ..target import form_for_bits
 from .problem import build_problem, user_latency

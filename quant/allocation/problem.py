@@ -24,7 +24,7 @@ from solver import Candidate, Layer, Problem, SolverInputError, solve
 from ..choices import candidate_pairs, fixed_pair
 from ..config import LATENCY_BUDGETS, MethodSpec
 from ..errors import PipelineInputError
-from ..profile import LayerProfile, cost_totals, layer_costs
+from ..layer_costs import LayerProfile, cost_totals, layer_costs
 from ..sensitivity import SensitivityTable
 from ..target import form_for_bits
 

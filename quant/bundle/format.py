@@ -58,7 +58,7 @@ def read_config(directory: Path) -> dict:
         raise BundleError(f"{CONFIG_FILE} must hold a JSON object")
     version = config.get("format_version")
     if version != BUNDLE_FORMAT_VERSION:
-        from .. import __version__
+        from ..version import __version__
 
         raise BundleError(f"unsupported bundle format_version {version!r} in {CONFIG_FILE}; this mpq "
                           f"({__version__}) reads version {BUNDLE_FORMAT_VERSION}: export the model again")

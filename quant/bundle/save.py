@@ -111,7 +111,7 @@ def save_bundle(model: nn.Module, directory: str | Path, *, model_spec: dict, re
     bundle holds every weight). recipe: ``{"softmax", "minmax"}`` (recorded). Raises :class:`BundleError` when a
     layer's params cannot be stored as packed integer codes or the model name is unknown; nothing is written then.
     """
-    from .. import __version__
+    from ..version import __version__
 
     directory = Path(directory)
     tensors, layers = _contents(model)

@@ -10,7 +10,7 @@ from torch import nn
 from ..config import PipelineConfig
 from ..data import ImageSet
 from ..evaluate import compare_logits, predict_logits
-from ..profile import LayerProfile, bits_summary
+from ..layer_costs import LayerProfile, bits_summary
 from ..ptq import PTQ_METHODS
 
 __all__ = ["cross_entropy", "evaluate_stage", "reloaded_artifact"]

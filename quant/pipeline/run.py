@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from ..config import PipelineConfig
+from ..layer_costs import profile_layers
 from ..presets import resolve_preset
-from ..profile import profile_layers
 from ..ptq import PTQ_METHODS
 from ..wrap import load_params_
 from .calibrate import calibrate_stage

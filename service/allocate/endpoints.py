@@ -8,7 +8,7 @@ from service.allocate.schemas import AllocateRequest, AllocateResult
 from service.allocate.service import allocate
 from service.auth.dependencies import TenantDep
 from service.deps import SettingsDep
-from service.kit.schemas import error_responses
+from service.schemas import error_responses
 
 __all__ = ["router"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from service.allocate.schemas import AllocateRequest
-from service.kit.errors import ServiceUnavailable, UnprocessableEntity
-from service.kit.jsonable import jsonable
+from service.errors import ServiceUnavailable, UnprocessableEntity
+from service.jsonable import jsonable
 
 __all__ = ["allocate", "check_time_limit"]
 

@@ -15,8 +15,8 @@ from service.artifact.storage import BlobStore
 from service.auth.dependencies import TenantDep
 from service.deps import SessionDep, SettingsDep
 from service.idempotency import IdempotencyKeyDep, run_idempotent
-from service.kit.schemas import error_responses
 from service.models import ArtifactKind
+from service.schemas import error_responses
 
 __all__ = ["router"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from service.kit.errors import UnprocessableEntity, UnsupportedMediaType
+from service.errors import UnprocessableEntity, UnsupportedMediaType
 from service.models import ArtifactKind
 
 __all__ = [

@@ -7,8 +7,8 @@ import uuid
 
 from pydantic import BaseModel
 
-from service.kit.schemas import Schema
 from service.models import ArtifactKind
+from service.schemas import Schema
 
 __all__ = ["ArtifactPublic", "ArtifactsPublic", "TensorPublic"]
 

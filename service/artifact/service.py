@@ -13,7 +13,7 @@ from service.artifact.inspection import check_kind, infer_kind, nonfinite_tensor
 from service.artifact.repository import ArtifactRepository
 from service.artifact.storage import BlobStore
 from service.auth.service import CurrentTenant
-from service.kit.errors import NotFound
+from service.errors import NotFound
 from service.models import Artifact, ArtifactKind
 
 __all__ = ["ArtifactService"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from service.kit.errors import PayloadTooLarge
+from service.errors import PayloadTooLarge
 
 __all__ = ["BlobStore", "IngestedFile"]
 

@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from service.auth.service import CurrentTenant, authenticate, cached_tenant
-from service.kit.db import session_scope
+from service.db import session_scope
 
 __all__ = ["TenantDep", "get_tenant"]
 

@@ -8,7 +8,7 @@ import uuid
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from service.kit.db import utcnow
+from service.db import utcnow
 from service.models import APIKey, Tenant
 
 __all__ = ["AuthRepository"]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from service.auth.repository import AuthRepository
-from service.kit.db import utcnow
-from service.kit.errors import NotFound, Unauthorized, UnprocessableEntity
+from service.db import utcnow
+from service.errors import NotFound, Unauthorized, UnprocessableEntity
 from service.models import APIKey
 
 __all__ = [

@@ -25,10 +25,10 @@ from starlette.concurrency import run_in_threadpool
 
 from service.auth.dependencies import TenantDep
 from service.deps import SessionDep
+from service.errors import NotFound, UnprocessableEntity
 from service.events.stream import event_of_job, fetch_events, fetch_logs
-from service.kit.errors import NotFound, UnprocessableEntity
-from service.kit.schemas import error_responses
 from service.models import Job
+from service.schemas import error_responses
 
 __all__ = ["router"]
 

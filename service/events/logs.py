@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import session_scope
 from service.events.recorder import record_log_lines
-from service.kit.db import session_scope
 
 __all__ = ["JobLogCapture"]
 

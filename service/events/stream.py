@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.kit.db import session_scope
+from service.db import session_scope
 from service.models import Job, JobEvent
 
 __all__ = ["EventBatch", "event_of_job", "fetch_events", "fetch_logs"]

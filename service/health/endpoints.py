@@ -8,8 +8,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.deps import SessionDep
-from service.kit.errors import ServiceUnavailable
-from service.kit.schemas import error_responses
+from service.errors import ServiceUnavailable
+from service.schemas import error_responses
 
 __all__ = ["router"]
 

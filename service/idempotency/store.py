@@ -16,8 +16,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.kit.db import session_scope, utcnow
-from service.kit.errors import Conflict, UnprocessableEntity
+from service.db import session_scope, utcnow
+from service.errors import Conflict, UnprocessableEntity
 from service.models import IdempotencyRecord
 
 __all__ = ["RETRY_AFTER_SECONDS", "IdempotencyStore", "StoredResponse"]

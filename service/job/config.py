@@ -13,8 +13,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from quant.config import DataSpec, ModelSpec, PipelineConfig
+from service.errors import UnprocessableEntity
 from service.job.schemas import JobCreate
-from service.kit.errors import UnprocessableEntity
 from service.models import Artifact, ArtifactKind
 from service.settings import Settings
 

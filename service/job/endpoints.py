@@ -27,8 +27,8 @@ from service.job.schemas import (
 )
 from service.job.service import JobService
 from service.job.status import job_json
-from service.kit.schemas import error_responses, json_response
 from service.models import JobStatus
+from service.schemas import error_responses, json_response
 from service.tracking import track_job
 
 __all__ = ["router"]

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from typing import Any
 
 from quant.config import MethodSpec, PipelineConfig
-from service.kit.errors import Conflict, ServiceUnavailable, UnprocessableEntity
+from service.errors import Conflict, ServiceUnavailable, UnprocessableEntity
 
 __all__ = ["input_error_to_dict", "pareto", "pipeline_module", "validate"]
 

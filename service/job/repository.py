@@ -15,8 +15,8 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from quant.config import STAGES
+from service.db import utcnow
 from service.events.recorder import record_status
-from service.kit.db import utcnow
 from service.models import Job, JobLayer, JobStage, JobStatus, StageStatus
 from service.pagination import Page, keyset_page
 

@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quant.config import BUDGET_KEYS, MethodSpec
-from service.kit.schemas import Schema
 from service.models import JobStatus, StageStatus
+from service.schemas import Schema
 
 __all__ = [
     "DataIn",

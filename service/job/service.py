@@ -17,6 +17,7 @@ from service.allocate.service import check_time_limit
 from service.artifact.repository import ArtifactRepository
 from service.artifact.storage import BlobStore
 from service.auth.service import CurrentTenant
+from service.errors import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
 from service.events.recorder import record_status
 from service.job import pipeline
 from service.job.config import (
@@ -28,7 +29,6 @@ from service.job.config import (
 )
 from service.job.repository import JobRepository
 from service.job.schemas import JobCreate, ParetoRequest, ReallocateRequest
-from service.kit.errors import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
 from service.models import Artifact, ArtifactKind, Job, JobLayer, JobStatus
 from service.models.job import TERMINAL_STATUSES
 from service.pagination import Page

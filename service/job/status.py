@@ -13,10 +13,10 @@ import uuid
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import session_scope
+from service.errors import NotFound
 from service.job.repository import JobRepository
 from service.job.schemas import JobPublic
-from service.kit.db import session_scope
-from service.kit.errors import NotFound
 
 __all__ = ["job_json"]
 

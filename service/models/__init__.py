@@ -1,6 +1,6 @@
 """ORM models of the service (SQLAlchemy 2, ``Mapped[...]``). Import from here; Alembic reads ``Base.metadata``."""
 
-from service.kit.db import Base
+from service.db import Base
 from service.models.artifact import Artifact, ArtifactKind
 from service.models.event import JobEvent
 from service.models.idempotency import IdempotencyRecord

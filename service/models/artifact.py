@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, String, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.kit.db import Base, JSONType, UTCDateTime, utcnow
+from service.db import Base, JSONType, UTCDateTime, utcnow
 from service.models._types import str_enum
 
 __all__ = ["Artifact", "ArtifactKind"]

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.kit.db import Base, JSONType, UTCDateTime, utcnow
+from service.db import Base, JSONType, UTCDateTime, utcnow
 
 __all__ = ["JobEvent"]
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.kit.db import Base, JSONType, UTCDateTime, utcnow
+from service.db import Base, JSONType, UTCDateTime, utcnow
 
 __all__ = ["IdempotencyRecord"]
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from service.kit.db import Base, JSONType, UTCDateTime, utcnow
+from service.db import Base, JSONType, UTCDateTime, utcnow
 from service.models._types import str_enum
 
 __all__ = ["TERMINAL_STATUSES", "Job", "JobLayer", "JobStage", "JobStatus", "StageStatus"]

@@ -8,7 +8,7 @@ import uuid
 from sqlalchemy import ForeignKey, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from service.kit.db import Base, UTCDateTime, utcnow
+from service.db import Base, UTCDateTime, utcnow
 
 __all__ = ["APIKey", "Tenant"]
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.kit.db import Base, JSONType, UTCDateTime, utcnow
+from service.db import Base, JSONType, UTCDateTime, utcnow
 from service.models._types import str_enum
 
 __all__ = ["DeliveryStatus", "WebhookDelivery", "WebhookEndpoint"]

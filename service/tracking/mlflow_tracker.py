@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.kit.db import session_scope, utcnow
+from service.db import session_scope, utcnow
 from service.models import Job, Tenant
 from service.settings import Settings
 from service.tracking.params import resolved_params

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.kit.db import session_scope, utcnow
-from service.kit.errors import MPQError
+from service.db import session_scope, utcnow
+from service.errors import MPQError
 from service.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from service.settings import Settings
 from service.webhooks.backoff import retry_delay

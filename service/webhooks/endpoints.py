@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request, Response, status
 from service.auth.dependencies import TenantDep
 from service.deps import SessionDep, SettingsDep
 from service.idempotency import IdempotencyKeyDep, run_idempotent
-from service.kit.schemas import error_responses
 from service.models import DeliveryStatus, WebhookDelivery
+from service.schemas import error_responses
 from service.webhooks.delivery import message_id
 from service.webhooks.schemas import (
     DeliveriesPublic,

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.kit.db import session_scope, utcnow
+from service.db import session_scope, utcnow
 from service.webhooks.repository import WebhookRepository
 
 __all__ = ["WebhookCollector"]

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.kit.db import utcnow
+from service.db import utcnow
 from service.models import WebhookDelivery, WebhookEndpoint
 
 __all__ = ["EVENT_TYPES", "enqueue_event"]

@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.kit.schemas import Schema
 from service.models import DeliveryStatus
+from service.schemas import Schema
 
 __all__ = [
     "MAX_SECRET_OVERLAP_SECONDS",

@@ -11,8 +11,8 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from service.kit.db import utcnow
-from service.kit.errors import NotFound
+from service.db import utcnow
+from service.errors import NotFound
 from service.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from service.pagination import Page
 from service.settings import Settings

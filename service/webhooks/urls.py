@@ -9,7 +9,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from service.kit.errors import UnprocessableEntity
+from service.errors import UnprocessableEntity
 
 __all__ = ["check_webhook_url", "is_private_address"]
 

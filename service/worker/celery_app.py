@@ -28,7 +28,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
-from service.kit.db import make_engine, make_session_factory
+from service.db import make_engine, make_session_factory
 from service.models import JobStatus
 from service.settings import Settings, get_settings
 from service.worker.recovery import recover_stale_jobs

@@ -20,8 +20,8 @@ import sys
 import threading
 import time
 
+from service.db import make_engine, make_session_factory, session_scope
 from service.job.repository import JobRepository
-from service.kit.db import make_engine, make_session_factory, session_scope
 from service.settings import Settings
 from service.worker.recovery import recover_dead_local_workers, recover_stale_jobs
 from service.worker.runner import execute_job, make_worker_id

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import session_scope, utcnow
 from service.job.repository import JobRepository
-from service.kit.db import session_scope, utcnow
 
 __all__ = ["MAX_ATTEMPTS", "pid_alive", "recover_dead_local_workers", "recover_stale_jobs"]
 

@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.artifact.storage import BlobStore
+from service.db import session_scope, utcnow
 from service.events.recorder import record_stage
 from service.job.repository import JobRepository
-from service.kit.db import session_scope, utcnow
-from service.kit.jsonable import jsonable
+from service.jsonable import jsonable
 from service.models import StageStatus
 
 __all__ = ["DBStageStore", "LeaseLost"]

@@ -479,7 +479,9 @@ def test_tiny_bundle_reloads_exactly(tiny):
     assert (layers[QKV].wbits, layers[QKV].abits) == (3, 4) and layers[QKV].params.weight.bits == 3
     assert layers[HEAD].params.weight is None and layers[HEAD].abits == 8
     assert torch.equal(layers[HEAD].weight, quant_layers(model)[HEAD].weight)  # a float weight stays float
-    assert isinstance(layers[AV].params.inputs[0], TanQParams)
+    saved, reloaded = quant_layers(model)[AV].params.inputs[0], layers[AV].params.inputs[0]
+    assert (reloaded.kind, reloaded.bits) == ("tanq", 4)  # the post-softmax compander, with its fitted a and c
+    assert torch.equal(reloaded.a, saved.a) and torch.equal(reloaded.c, saved.c)
 
 
 def test_load_without_resolved_arch_uses_the_name(tiny, tmp_path):

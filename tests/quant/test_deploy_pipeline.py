@@ -134,7 +134,7 @@ def test_the_size_cost_of_block_forms_is_what_the_graph_stores(tmp_path):
     from quant.data import load_dataset
     from quant.models import build_model
     from quant.export import export_onnx
-    from quant.profile import layer_costs, profile_layers
+    from quant.layer_costs import layer_costs, profile_layers
     from quant.ptq import quantize_table
     from quant.target import form_by_name, form_weight_bytes
     from quant.wrap import load_params_, quant_layers

@@ -33,6 +33,9 @@ _ALLOWED = {
     ("packing.py", "pack_codes"): "bit packing for the bundle file runs on the CPU",
     ("packing.py", "unpack_codes"): "bit unpacking of a bundle file runs on the CPU",
     ("data.py", "*"): "datasets are loaded on the CPU and moved to the device in batches",
+    ("imageset.py", "*"): "image sets are read from their file on the CPU",
+    ("digits.py", "*"): "the built-in digits are loaded on the CPU",
+    ("image_folder.py", "*"): "image folders are decoded on the CPU",
     ("reconstruct/qdrop.py", "MaskSource.__init__"): "the CPU mask pool's generator is used on the CPU only",
 }
 

@@ -24,7 +24,7 @@ from quant.config import MethodSpec
 from quant.errors import PipelineInputError
 from quant.evaluate import compare_logits, predict_logits
 from quant.deploy.onnxruntime_cpu.latency import LatencyTable
-from quant.profile import LayerProfile
+from quant.layer_costs import LayerProfile
 from quant.ptq import calibration_plan, wrapped_copy
 from quant.sensitivity import SensitivityTable
 from quant.target import form_for_bits, forms_for

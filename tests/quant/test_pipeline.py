@@ -122,7 +122,8 @@ def test_stages_do_not_import_the_pipeline():
     import quant.errors
 
     root = Path(quant.__file__).parent
-    files = [root / f"{m}.py" for m in ("validation", "data", "profile", "errors", "choices", "ptq")]
+    files = [root / f"{m}.py" for m in ("validation", "data", "imageset", "digits", "image_folder", "layer_costs",
+                                        "errors", "choices", "ptq")]
     for package in ("allocation", "sensitivity", "calibration", "quantizers", "reconstruct", "bundle"):
         files += sorted((root / package).glob("*.py"))
     for path in files:
@@ -134,8 +135,8 @@ def test_stages_do_not_import_the_pipeline():
 
 def test_validation_profile_on_meta_matches_the_real_model():
     """Submit-time checks use a per-architecture profile built on the meta device: same costs as the real model."""
+    from quant.layer_costs import profile_layers
     from quant.models import build_model
-    from quant.profile import profile_layers
     from quant.validation import architecture
     from quant.wrap import wrap_model_
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from service.kit.db import utcnow
+from service.db import utcnow
 
 __all__ = ["FakeClock"]
 

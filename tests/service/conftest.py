@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from service.app import create_app
 from service.auth.service import create_key
-from service.kit.db import make_engine, make_session_factory
+from service.db import make_engine, make_session_factory
 from service.models import Artifact, Job, JobStage, Tenant
 from service.settings import Settings
 from tests.components import missing_component

@@ -18,7 +18,7 @@ from service.events.progress import ProgressTracker
 from service.job.repository import JobRepository
 from service.models import JobStatus
 from service.settings import Settings
-from service.worker.runner import _Run
+from service.worker.job_run import JobRun
 from service.worker.store import DBStageStore
 from tests.waiting import wait_until
 
@@ -85,7 +85,7 @@ def drive_job(app: FastAPI, job_id: uuid.UUID, workdir: Path) -> None:
     with factory() as session:
         assert JobRepository(session).claim(job_id, worker_id="test-worker", lease_id="lease")
         session.commit()
-    run = _Run(job_id, "lease", factory, settings, threading.Event())
+    run = JobRun(job_id, "lease", factory, settings, threading.Event())
     run.tracker = tracker = RecordedTracker(start=0.0, clock=0.0)
     store = DBStageStore(job_id, "lease", factory, workdir)
     for seconds, stage, fraction, message in REPORTS:

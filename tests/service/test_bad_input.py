@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save
 from sqlalchemy import select
 
+from service.errors import UnprocessableEntity
 from service.job.config import check_device
 from service.job.repository import JobRepository
-from service.kit.errors import UnprocessableEntity
 from service.models import Job, JobStatus, StageStatus, Tenant
 from service.settings import Settings
 
@@ -272,10 +272,10 @@ def test_num_calibration_over_the_data_is_a_job_warning(client, tenant, inputs) 
 
 # ---- client side: downloads never overwrite another job's bundle -------------------------------------------
 def test_download_refuses_another_jobs_bundle_unless_forced(tmp_path, capsys, monkeypatch) -> None:
-    import argparse
     import contextlib
 
-    from service import cli
+    from service.cli import main
+    from service.commands import jobs
 
     downloaded = []
 
@@ -286,16 +286,14 @@ def test_download_refuses_another_jobs_bundle_unless_forced(tmp_path, capsys, mo
             downloaded.append(job_id)
             return destination
 
-    monkeypatch.setattr(cli, "_client", lambda _args: contextlib.nullcontext(FakeClient()))
+    monkeypatch.setattr(jobs, "open_client", lambda _args: contextlib.nullcontext(FakeClient()))
     folder = tmp_path / "bundle"
 
     def download(job_id: str, force: bool = False) -> int:
-        return cli._cmd_download(
-            argparse.Namespace(job_id=job_id, output=str(folder), zip=False, force=force)
-        )
+        return main(["download", job_id, "-o", str(folder), *(["--force"] if force else [])])
 
     assert download("job-a") == 0
-    assert (folder / cli.JOB_MARKER).read_text().strip() == "job-a"
+    assert (folder / jobs.JOB_MARKER).read_text().strip() == "job-a"
     assert download("job-a") == 0  # the same job again is fine
     assert download("job-b") == 1
     assert "already holds the bundle of job job-a" in capsys.readouterr().err
@@ -307,11 +305,11 @@ def test_download_refuses_another_jobs_bundle_unless_forced(tmp_path, capsys, mo
     other.mkdir()
     (other / "thesis.tex").write_text("x")
     assert (
-        cli._download_conflict(other, "job-c", zip_file=False)
+        jobs.download_conflict(other, "job-c", zip_file=False)
         == f"{other} already holds files that are not this job's bundle"
     )
     assert (
-        cli._download_conflict(other / "thesis.tex", "job-c", zip_file=True)
+        jobs.download_conflict(other / "thesis.tex", "job-c", zip_file=True)
         == f"{other / 'thesis.tex'} exists"
     )
 
@@ -358,9 +356,9 @@ def test_a_cuda_job_reaching_a_cpu_worker_fails_fast(client, tenant, settings, i
 
 
 def test_the_printed_data_location_hides_database_passwords(tmp_path) -> None:
-    from service.cli import _data_location
+    from service.serve import data_location
 
-    text = _data_location(
+    text = data_location(
         Settings(
             database_url="postgresql+psycopg://mpq:s3cret@db:5432/mpq",
             home=tmp_path,

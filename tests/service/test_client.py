@@ -37,7 +37,7 @@ from service.client import (
     NotFoundError,
     ValidationError,
 )
-from service.kit.db import utcnow
+from service.db import utcnow
 from service.models import APIKey, JobStatus
 from service.models import Job as JobRow
 from service.settings import Settings

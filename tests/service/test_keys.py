@@ -10,8 +10,8 @@ from sqlalchemy import update
 
 from service.auth.service import KEY_CACHE_SECONDS, create_key, key_cache, parse_duration, revoke_key
 from service.cli import main
-from service.kit.db import utcnow
-from service.kit.errors import NotFound, UnprocessableEntity
+from service.db import utcnow
+from service.errors import NotFound, UnprocessableEntity
 from service.models import APIKey
 
 from .conftest import error_of

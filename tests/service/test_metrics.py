@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from service.app import create_app
+from service.db import utcnow
 from service.job.repository import JobRepository
-from service.kit.db import utcnow
 from service.models import Job, JobStatus, StageStatus, Tenant
 
 

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from service import migrations
-from service.kit.db import make_engine
+from service.db import make_engine
 from service.models import Base
 
 EXPECTED_TABLES = {

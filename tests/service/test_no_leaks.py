@@ -19,7 +19,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.artifact.storage import BlobStore
-from service.kit.errors import UnprocessableEntity
+from service.errors import UnprocessableEntity
 from service.models import JobStatus
 
 from .conftest import error_of

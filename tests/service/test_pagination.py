@@ -7,7 +7,7 @@ import uuid
 
 from sqlalchemy import select
 
-from service.kit.db import utcnow
+from service.db import utcnow
 from service.models import Artifact, ArtifactKind, Job, JobStatus, Tenant
 
 from .conftest import error_of

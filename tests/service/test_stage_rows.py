@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from quant.config import STAGES
 from service import migrations
-from service.kit.db import make_engine, make_session_factory
+from service.db import make_engine, make_session_factory
 from service.models import Job, JobStage, JobStatus, StageStatus, Tenant
 
 #: The stages before revision 0004.

@@ -9,9 +9,9 @@ import json
 
 from sqlalchemy import select
 
+from service.db import utcnow
 from service.job.repository import JobRepository
 from service.job.schemas import JobPublic
-from service.kit.db import utcnow
 from service.models import Job, JobStatus, StageStatus, Tenant
 
 from .conftest import error_of

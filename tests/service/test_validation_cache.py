@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from quant.config import DataSpec, ModelSpec, PipelineConfig
+from service.errors import UnprocessableEntity
 from service.job import pipeline as gateway
-from service.kit.errors import UnprocessableEntity
 from tests.waiting import wait_until
 
 

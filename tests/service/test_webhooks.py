@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from standardwebhooks.webhooks import Webhook
 
+from service.db import make_engine, make_session_factory, utcnow
 from service.job.repository import JobRepository
-from service.kit.db import make_engine, make_session_factory, utcnow
 from service.models import Job, JobStatus, Tenant, WebhookDelivery, WebhookEndpoint
 from service.settings import Settings
 from service.webhooks.backoff import retry_delay

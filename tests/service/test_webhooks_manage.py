@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from service.kit.db import utcnow
+from service.db import utcnow
 from service.models import DeliveryStatus
 from service.settings import Settings
 from service.webhooks.delivery import DeliveryWorker

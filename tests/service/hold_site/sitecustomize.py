@@ -17,11 +17,11 @@ def _install(folder: str) -> None:
     import time
     from pathlib import Path
 
-    from service.worker import runner
+    from service.worker.job_run import JobRun
 
-    original = runner._Run.progress
+    original = JobRun.progress
 
-    def hold(run: runner._Run) -> None:
+    def hold(run: JobRun) -> None:
         held = Path(folder) / f"{run.job_id}.held"
         try:  # only the first run of the job holds: a resumed run passes straight through
             fd = os.open(held, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -34,13 +34,13 @@ def _install(folder: str) -> None:
         while not release.exists() and not run.should_cancel() and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def progress(self: runner._Run, stage: str, fraction: float, message: str) -> None:
+    def progress(self: JobRun, stage: str, fraction: float, message: str) -> None:
         entering = stage != self.current_stage
         original(self, stage, fraction, message)  # the stage's start is in the database before the hold
         if entering and self.spec is not None and self.spec.name == f"hold:{stage}":
             hold(self)
 
-    runner._Run.progress = progress
+    JobRun.progress = progress
 
 
 if os.environ.get("MPQ_TEST_HOLD_DIR"):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ....modules import QuantConv2d, QuantLayer, QuantLinear, QuantMatMul
-from ....profile import probe_layers
+from ....layer_costs import probe_layers
 from ...form import layer_kind
 from ..emit import conv_attrs
 from ....wrap import quant_layers

@@ -1,4 +1,5 @@
-"""Per-layer cost facts of a wrapped model: parameters, output channels, MACs and activation elements."""
+"""Per-layer cost facts of a wrapped model (parameters, output channels, MACs, activation elements) and the
+budget costs (size, BOPs, average bits) of a layer at given bits."""
 
 from __future__ import annotations
 

@@ -1,1 +1,0 @@
-"""Shared infrastructure of the service: database plumbing, errors, common schemas."""
