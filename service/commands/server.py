@@ -30,7 +30,7 @@ def add_commands(sub: Any) -> None:
     serve.add_argument("--no-worker", action="store_true", help="do not start the embedded worker")
     serve.add_argument("--log-level", default=None)
     serve.add_argument(
-        "--workers", type=int, default=1, help="API processes (default 1; see docs/mlops.md for when more help)"
+        "--workers", type=int, default=1, help="API processes (default 1; see docs/operations.md for when more help)"
     )
     serve.set_defaults(func=_cmd_serve)
 
