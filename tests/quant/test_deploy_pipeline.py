@@ -12,9 +12,9 @@ import pytest
 
 from quant.config import DataSpec, MethodSpec, ModelSpec, PipelineConfig
 from quant.deploy.onnxruntime_cpu.latency.measure import SESSIONS
+from quant.deploy.onnxruntime_cpu.runtime import make_session
 from quant.pipeline import InMemoryStageStore, run_pipeline
 from quant.target import form_for_bits
-from quant.deploy.onnxruntime_cpu.runtime import make_session
 
 MODEL = ModelSpec(name="builtin:vit-digits")
 DATA = DataSpec(num_calibration=64, batch_size=64)
@@ -132,9 +132,9 @@ def test_the_size_cost_of_block_forms_is_what_the_graph_stores(tmp_path):
     from onnx import numpy_helper
 
     from quant.data import load_dataset
-    from quant.models import build_model
     from quant.export import export_onnx
     from quant.layer_costs import layer_costs, profile_layers
+    from quant.models import build_model
     from quant.ptq import quantize_table
     from quant.target import form_by_name, form_weight_bytes
     from quant.wrap import load_params_, quant_layers

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from quant.calibration import SearchSettings
 from quant.data import load_dataset
 from quant.evaluate import compare_logits, predict_logits
-from quant.models import build_model
 from quant.export import export_onnx
 from quant.export.qdq import container, grid_of
+from quant.models import build_model
 from quant.ptq import quantize_ptq
 from quant.quantizers import AffineParams, affine_from_range, fake_quant, weight_codes
 from quant.reconstruct import reconstruct_

@@ -21,9 +21,9 @@ from quant.allocation import (
 from quant.allocation.iterative import LayerKL, update_layer_factors
 from quant.calibration import calibrate_table
 from quant.config import MethodSpec
+from quant.deploy.onnxruntime_cpu.latency import LatencyTable
 from quant.errors import PipelineInputError
 from quant.evaluate import compare_logits, predict_logits
-from quant.deploy.onnxruntime_cpu.latency import LatencyTable
 from quant.layer_costs import LayerProfile
 from quant.ptq import calibration_plan, wrapped_copy
 from quant.sensitivity import SensitivityTable

@@ -31,8 +31,16 @@ from ...export.qdq import Grid, WeightCodes, dequantize_weight, quantize_dequant
 from ...packing import pack_nibbles
 from ..form import Form
 
-__all__ = ["MS_DOMAIN", "BlockWeight", "ConvAttrs", "EMITTERS", "LayerArrays", "conv_attrs", "emit_layer",
-           "pack_matmul_nbits"]
+__all__ = [
+    "EMITTERS",
+    "MS_DOMAIN",
+    "BlockWeight",
+    "ConvAttrs",
+    "LayerArrays",
+    "conv_attrs",
+    "emit_layer",
+    "pack_matmul_nbits",
+]
 
 #: Domain of onnxruntime's contrib ops (``MatMulNBits``), opset version 1.
 MS_DOMAIN = "com.microsoft"

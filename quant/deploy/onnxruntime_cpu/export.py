@@ -92,9 +92,8 @@ def layer_arrays(layer: QuantLayer, name: str) -> LayerArrays:
     if form.weights == "channel":
         if not isinstance(params.weight, WeightParams) or not params.weight.symmetric:
             raise OnnxExportError(f"layer {name!r} has form {form.name!r} but its weights are not symmetric")
-    grids = tuple(_grid(p, name) for p in params.inputs)
-    if form.weights == "channel":
         weight = weight_codes_of(layer.weight, params.weight)
+    grids = tuple(_grid(p, name) for p in params.inputs)
     return LayerArrays(kind, weight, bias, grids, conv)
 
 

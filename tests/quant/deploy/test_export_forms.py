@@ -19,17 +19,22 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quant.calibration import calibrate_table
 from quant.data import load_dataset
-from quant.evaluate import predict_logits
-from quant.models import build_model
+from quant.deploy.onnxruntime_cpu.check import (
+    DeployCheckError,
+    check_onnx,
+    compare_with_torch,
+    measure_model_latency,
+)
 from quant.deploy.onnxruntime_cpu.emit import pack_matmul_nbits as _pack_numpy
+from quant.deploy.onnxruntime_cpu.runtime import make_session, session_options
+from quant.evaluate import predict_logits
 from quant.export import OnnxExportError, export_onnx
+from quant.models import build_model
 from quant.ptq import calibration_plan, wrapped_copy
 from quant.quantizers import AffineParams, DynamicParams, LayerParams, fit_weight, weight_codes
 from quant.quantizers.weight import padded_block_codes
 from quant.reconstruct import reconstruct_
 from quant.target import forms_for
-from quant.deploy.onnxruntime_cpu.check import DeployCheckError, check_onnx, compare_with_torch, measure_model_latency
-from quant.deploy.onnxruntime_cpu.runtime import make_session, session_options
 from quant.wrap import load_params_, quant_layers, uniform_pairs
 
 torch.set_num_threads(2)

@@ -17,7 +17,13 @@ pytest.importorskip("onnxruntime")
 
 from onnx import numpy_helper
 
-from quant.deploy.onnxruntime_cpu.latency import LatencyTable, LayerShape, capture_layers, profile_latency, unique_shapes
+from quant.deploy.onnxruntime_cpu.latency import (
+    LatencyTable,
+    LayerShape,
+    capture_layers,
+    profile_latency,
+    unique_shapes,
+)
 from quant.deploy.onnxruntime_cpu.latency.cli import main as cli_main
 from quant.deploy.onnxruntime_cpu.latency.graphs import graph_inputs, layer_forms, layer_graph, overhead_graph
 from quant.deploy.onnxruntime_cpu.latency.measure import SESSIONS, open_session, time_interleaved

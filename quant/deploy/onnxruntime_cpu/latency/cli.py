@@ -79,8 +79,8 @@ def _print_table(table, out) -> None:
 def run_profile_latency(args) -> int:
     """Execute ``mpq profile-latency`` for parsed ``args``; returns the exit code (2 for bad input)."""
     from ....models import ModelLoadError, build_model, model_info
-    from ..runtime import default_cache_dir
     from ....wrap import wrap_model_
+    from ..runtime import default_cache_dir
     from .profile import profile_latency
 
     try:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ....modules import QuantConv2d, QuantLayer, QuantLinear, QuantMatMul
 from ....layer_costs import probe_layers
+from ....modules import QuantConv2d, QuantLayer, QuantLinear, QuantMatMul
+from ....wrap import quant_layers
 from ...form import layer_kind
 from ..emit import conv_attrs
-from ....wrap import quant_layers
 
 __all__ = ["LayerShape", "capture_layers", "unique_shapes"]
 
