@@ -1,8 +1,9 @@
 """One quantization job from config to result: the pipeline shared by ``mpq quantize`` and service workers.
 
 ``run`` holds ``run_pipeline`` (the list of stages); each stage has its own module (``load``, ``calibrate``,
-``latency``, ``reconstruct``, ``evaluate``, ``export``; sensitivity and allocation live in ``quant.sensitivity`` and
-``quant.allocation``); ``runner`` is the stage mechanism and ``store`` where stage outputs and blobs live.
+``sensitivity``, ``latency``, ``allocate``, ``reconstruct``, ``evaluate``, ``export``; the methods behind them live in
+``quant.calibration``, ``quant.sensitivity``, ``quant.allocation`` and ``quant.reconstruct``); ``runner`` is the
+stage mechanism and ``store`` where stage outputs and blobs live.
 """
 
 from ..errors import PipelineCancelled, PipelineInputError

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from torch import nn
@@ -17,9 +18,16 @@ from torch import nn
 from ..calibration import Pair, ParamTable
 from ..config import PipelineConfig
 from ..data import ImageSet
+from ..ptq import PTQ_METHODS
 from ..wrap import load_params_
+from .latency import latency_report
+from .load import LoadedJob
+from .runner import StageRunner
 
-__all__ = ["export_onnx_checked", "public_config"]
+__all__ = ["export_onnx_checked", "export_stage", "public_config"]
+
+#: The bundle files every export writes (``model.onnx`` is added when asked for).
+BUNDLE_FILES = ("model.safetensors", "quant_config.json", "report.json", "report.html")
 
 
 def public_config(config: PipelineConfig) -> dict:
@@ -79,3 +87,43 @@ def export_onnx_checked(qmodel: nn.Module, table: ParamTable, chosen: dict[str, 
         if point.get("chosen"):
             point["measured_latency_ms"] = measured["median_ms"]
     return deployment
+
+
+def export_stage(runner: StageRunner, job: LoadedJob, qmodel: nn.Module, table: ParamTable, chosen: dict[str, Pair],
+                 allocation_out: dict, latency, reparam: list, result, output_dir: Path | None) -> None:
+    """Run the stage: write the bundle (and ``model.onnx`` when asked) of the model assembled from ``chosen`` into
+    ``output_dir``; skipped without one. ``result`` is the run's ``PipelineResult``: its metrics gain the deployment
+    summary, and its JSON form is the report."""
+    config = job.config
+
+    def body() -> dict:
+        if output_dir is None:
+            return {"skipped": True, "reason": "no output folder"}
+        from ..bundle import save_bundle
+        from ..report_html import write_report_html
+
+        output_dir.mkdir(parents=True, exist_ok=True)
+        files = list(BUNDLE_FILES)
+        deployment = None
+        pareto = [dict(p) for p in allocation_out.get("pareto") or []]
+        if config.export_onnx:
+            deployment = export_onnx_checked(qmodel, table, chosen, output_dir / "model.onnx", job.input_shape,
+                                             job.evaluation or job.calib, config, allocation_out, pareto,
+                                             lambda f, m: runner.report("export", f, m))
+            files.append("model.onnx")
+            if deployment is not None:
+                result.metrics["deployment"] = deployment
+        public = {key: value for key, value in result.to_dict().items() if key != "artifact_dir"}
+        report = {"config": public_config(config), **public, "reparam": [asdict(r) for r in reparam]}
+        for point in pareto:
+            point.pop("assignment", None)
+        report["pareto"] = pareto
+        if latency is not None:
+            report["latency"] = latency_report(latency, allocation_out, deployment)
+        recipe = PTQ_METHODS[config.method.quantizer]
+        save_bundle(qmodel, output_dir, model_spec=config.model.model_dump(),
+                    recipe={"softmax": recipe.softmax, "minmax": recipe.minmax}, report=report)
+        write_report_html(report, output_dir / "report.html")
+        return {"files": files, **({"deployment": deployment} if deployment else {})}
+
+    runner.stage("export", body)
