@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from service.models import APIKey, JobStatus
 from service.models import Job as JobRow
 from service.settings import Settings
 from service.webhooks.delivery import DeliveryWorker
+from tests.waiting import wait_until
 
 from .live import LiveServer, drive_job
 from .proxy import TamperingProxy, flip_byte
@@ -259,15 +259,17 @@ def test_webhook_receiver_example_verifies_deliveries(live, key) -> None:
             stdout=subprocess.PIPE,
             text=True,
         )
+
+        def listening() -> bool:
+            assert receiver.poll() is None, "the webhook receiver exited"
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+            except httpx.HTTPError:
+                return False
+            return True
+
         try:
-            deadline = time.monotonic() + 30
-            while True:  # wait until it listens
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    assert time.monotonic() < deadline and receiver.poll() is None, "receiver did not start"
-                    time.sleep(0.1)
+            wait_until(listening, 120, interval=0.1, message="the webhook receiver to listen")
             job = client.submit(SPEC)
             client.cancel(job.id)
             sender = DeliveryWorker(live.app.state.session_factory, live.app.state.settings)
@@ -279,7 +281,7 @@ def test_webhook_receiver_example_verifies_deliveries(live, key) -> None:
             assert delivery.status == "succeeded" and delivery.last_status_code == 204
         finally:
             receiver.terminate()
-            out, _ = receiver.communicate(timeout=10)
+            out, _ = receiver.communicate(timeout=60)
     webhook_id, event_type, data = out.splitlines()[0].split(" ", 2)
     assert webhook_id == delivery.webhook_id and event_type == "job.cancelled" and job.id in data
 
