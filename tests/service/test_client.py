@@ -141,7 +141,7 @@ def test_wait_follows_the_event_stream(live, key, tmp_path) -> None:
         updates: list[Job] = []
         events = []
         driver.start()
-        final = client.wait(job.id, timeout=60, on_update=updates.append, on_event=events.append)
+        final = client.wait(job.id, timeout=300, on_update=updates.append, on_event=events.append)
         driver.join()
     assert final.status == "succeeded" and final.progress == 1.0 and final.stages is not None
     progress = [u.progress for u in updates]
@@ -235,7 +235,7 @@ def test_async_client(live, key, tmp_path) -> None:
             job = await client.submit(SPEC)
             driver = threading.Thread(target=drive_job, args=(live.app, uuid.UUID(job.id), tmp_path / "w"))
             driver.start()
-            final = await client.wait(job.id, timeout=60)
+            final = await client.wait(job.id, timeout=300)
             await asyncio.to_thread(driver.join)
             ids = [j.id async for j in client.iter_jobs(page_size=2)]
             path = await client.download(good, tmp_path / "async-bundle")
