@@ -20,13 +20,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, func, select
 
 from service.auth.service import create_key
 from service.cli import _eta_text, main
 from service.client import MPQClient
 from service.events.logs import JobLogCapture
 from service.events.progress import ProgressTracker
+from service.events.stream import fetch_events
 from service.models import Job, JobEvent, JobStatus, Tenant
 from service.settings import Settings
 from tests.waiting import wait_until
@@ -130,6 +131,42 @@ def test_stream_follows_a_job_to_its_terminal_event_and_resumes(live, key, tmp_p
         assert response.status_code == 422, (unknown, response.text)
         assert error_of(response)["code"] == "unknown_last_event_id"
         assert unknown not in {event_id for event_id, _, _ in received}
+
+
+def test_a_job_finishing_between_the_two_reads_of_a_poll_is_seen_with_its_terminal_event(live, key) -> None:
+    """A poll reads the job and its events in two statements; the job finishes (its terminal status and event in
+    one commit) right between them. The poll never sees a terminal job without its terminal event (it once did
+    on PostgreSQL, and the stream then ended on an id-less fallback event instead of the real one)."""
+    from service.job.repository import JobRepository
+    from service.worker.runner import _Run
+
+    factory = live.app.state.session_factory
+    if factory.kw["bind"].dialect.name == "sqlite":
+        pytest.skip("SQLite: the reading transaction blocks the writer's commit, so it cannot happen in between")
+    with MPQClient(live.url, key) as client:
+        job_id = uuid.UUID(client.submit(SPEC).id)
+    with factory() as session:
+        assert JobRepository(session).claim(job_id, worker_id="w", lease_id="lease")
+        session.commit()
+    run = _Run(job_id, "lease", factory, live.app.state.settings, threading.Event())
+    statements: list[str] = []
+
+    def finish_after_the_first_read(conn, cursor, statement, *_args) -> None:
+        statements.append(statement)
+        if len(statements) == 2:  # the poll's second statement is about to run: the job finishes now
+            assert run.finish(JobStatus.SUCCEEDED, message="done", progress=1.0)
+
+    engine = factory.kw["bind"]
+    with factory() as session:  # the events of the claim, so that the poll below starts after them
+        after = session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id))
+    event.listen(engine, "before_cursor_execute", finish_after_the_first_read)
+    try:
+        batch = fetch_events(factory, job_id, after)
+    finally:
+        event.remove(engine, "before_cursor_execute", finish_after_the_first_read)
+    assert len(statements) >= 2, statements
+    terminal = [data for _, kind, data, _ in batch.events if kind == "status" and data["status"] == "succeeded"]
+    assert batch.status != "succeeded" or terminal, (batch.status, batch.events)
 
 
 def test_status_and_message_agree_from_the_claim_on(live, key) -> None:
