@@ -1,7 +1,8 @@
 """Benchmark of solver/ on ViT/Swin-shaped bit-allocation problems (2-core CI-sized machine).
 
-Run: ``.venv/bin/python bench/solver.py`` (several minutes on a loaded 2-core machine; ``--quick``: 2 seeds, no
-textbook CBC, no 1000-layer optimality rows, about 2-3 minutes).
+Run: ``.venv/bin/python bench/solver.py`` (several minutes on a loaded 2-core machine, ``--seeds 3`` about 10; the
+1000-layer rows spend most of it in scipy milp's 60 s limit; ``--quick``: 2 seeds, no textbook CBC, no 1000-layer
+optimality rows, about 2-3 minutes). Results: docs/benchmarks-solver.md.
 
 Instances: every quantizable layer of timm ViT-S/16, ViT-B/16, ViT-L/16 (224 px) and Swin-B (window 7), plus a
 1000-layer stress case (ViT-B blocks repeated). Linear layers get 6 weight bits {2,3,4,5,6,8} x 5 activation
@@ -19,6 +20,15 @@ The comparison column is the textbook model: one binary per (layer, candidate) b
 with a time limit, on the same instances. Every "optimal" the solver reports is checked against an independent
 HiGHS solve of the same textbook model (highspy, unscaled, zero gap, its own time limit): the ``HiGHS check``
 column counts matches, mismatches and instances HiGHS could not prove within its limit.
+
+The ``scipy milp`` columns solve the same textbook model with plain ``scipy.optimize.milp`` (HiGHS inside, its
+default options: relative gap 1e-4, all threads it wants; only a time limit set), the constraint matrix built
+from the same :class:`solver.Problem` the solver gets: wall and cpu time including building the matrix (cpu time
+counts every thread of the process, the fairer number on a shared machine), how many runs milp reported optimal, and how the objectives compare: ``agree`` counts instances where both are proven and
+within milp's gap (1e-4 relative), ``max rel diff`` is the largest ``|ours - milp| / |milp|``, ``milp lower`` /
+``ours lower`` count instances where one objective is lower by more than 1e-9 relative (expected only when one of
+the two stopped at its time limit), and ``OURS WRONG`` flags any instance where milp found a strictly better
+assignment than one our solver called optimal.
 
 The time-limit table runs 1000- and 5000-layer instances with short limits and prints the overrun (wall time
 minus the limit) against the allowance ``0.2 s + 20 %`` of the limit.
@@ -248,6 +258,67 @@ def independent_highs(problem: Problem, time_limit: float) -> tuple[str, float |
     return h.modelStatusToString(status), None
 
 
+#: milp's default relative MIP gap (HiGHS's ``mip_rel_gap``): objectives within it are the same optimum.
+MILP_REL_GAP = 1e-4
+
+
+def scipy_milp(problem: Problem, time_limit: float) -> tuple[float, float, str, float | None]:
+    """The textbook one-hot model solved by plain ``scipy.optimize.milp``: (wall seconds incl. building the
+    matrix, cpu seconds of this process, status, objective). One binary per (layer, candidate); a row per layer (exactly one candidate) and a
+    row per budget (summed cost <= limit)."""
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_array
+
+    start, cpu = time.perf_counter(), time.process_time()
+    names = list(problem.budgets)
+    n_layers, m = len(problem.layers), len(names)
+    cost, rows, cols, values = [], [], [], []
+    for li, layer in enumerate(problem.layers):
+        if layer.fixed is not None or layer.tie is not None:
+            raise ValueError(f"layer {layer.name!r}: the milp comparison has no fixed or tied layers")
+        for c in layer.candidates:
+            j = len(cost)
+            cost.append(c.sensitivity)
+            rows.append(li)
+            cols.append(j)
+            values.append(1.0)
+            for k, name in enumerate(names):
+                if c.costs.get(name, 0.0):
+                    rows.append(n_layers + k)
+                    cols.append(j)
+                    values.append(c.costs[name])
+    n = len(cost)
+    matrix = coo_array((values, (rows, cols)), shape=(n_layers + m, n)).tocsr()
+    lower = np.concatenate([np.ones(n_layers), np.full(m, -np.inf)])
+    upper = np.concatenate([np.ones(n_layers), [problem.budgets[name] for name in names]])
+    result = milp(
+        np.asarray(cost),
+        integrality=np.ones(n),
+        bounds=Bounds(0, 1),
+        constraints=LinearConstraint(matrix, lower, upper),
+        options={"time_limit": float(time_limit)},
+    )
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    if result.status == 0:
+        return elapsed, cpu, "optimal", float(result.fun)
+    if result.status == 1 and result.x is not None:
+        return elapsed, cpu, "time limit", float(result.fun)
+    return elapsed, cpu, result.message, None
+
+
+def _milp_compare(r: dict) -> str:
+    c = r["milp_cmp"]
+    text = f"{c['agree']}/{len(r['milp_times'])} agree, max rel diff {c['max_rel']:.1e}"
+    if c["milp_better"]:
+        text += f", milp lower x{c['milp_better']}"
+    if c["ours_better"]:
+        text += f", ours lower x{c['ours_better']}"
+    if c["worse"]:
+        text += f", OURS WRONG x{c['worse']}"
+    return text
+
+
 def _path(result) -> str:
     stats = result.stats
     if stats.get("split"):
@@ -277,11 +348,19 @@ def _fmt_s(values: list[float]) -> str:
 
 
 def bench_shape(
-    name: str, family: str, seeds: int, cbc_limit: float | None, time_limit: float, check_limit: float
+    name: str,
+    family: str,
+    seeds: int,
+    cbc_limit: float | None,
+    time_limit: float,
+    check_limit: float,
+    milp_limit: float,
 ) -> dict:
     shape = SHAPES[name]()
     times, cpus, gaps, statuses, paths, cbc_times, cbc_status, mismatch = [], [], [], [], [], [], [], 0
     check = {"match": 0, "differ": 0, "unverified": 0}
+    milp_times, milp_cpus, milp_status = [], [], []
+    milp_cmp = {"agree": 0, "max_rel": 0.0, "worse": 0, "milp_better": 0, "ours_better": 0}
     cands = pruned = 0
     for seed in range(seeds):
         problem = make_problem(shape, seed, interacting=family == "interacting")
@@ -302,6 +381,22 @@ def bench_shape(
             else:
                 check["differ"] += 1
                 print(f"# {name} {family} seed {seed}: solver {result.objective!r} != HiGHS {h_obj!r}")
+        t, c, status, obj = scipy_milp(problem, milp_limit)
+        milp_times.append(t)
+        milp_cpus.append(c)
+        milp_status.append(status)
+        if obj is not None and result.objective is not None:
+            rel = abs(result.objective - obj) / abs(obj)
+            milp_cmp["max_rel"] = max(milp_cmp["max_rel"], rel)
+            if result.optimal and status == "optimal" and rel <= MILP_REL_GAP:
+                milp_cmp["agree"] += 1
+            if obj < result.objective - 1e-9 * abs(obj):
+                milp_cmp["milp_better"] += 1
+            elif result.objective < obj - 1e-9 * abs(obj):
+                milp_cmp["ours_better"] += 1
+            if result.optimal and obj < result.objective - 1e-9 * abs(obj):
+                milp_cmp["worse"] += 1
+                print(f"# {name} {family} seed {seed}: milp {obj!r} < solver's optimal {result.objective!r}")
         if cbc_limit is not None:
             t, status, obj = textbook_cbc(problem, cbc_limit)
             cbc_times.append(t)
@@ -323,6 +418,10 @@ def bench_shape(
         "cbc_status": cbc_status,
         "mismatch": mismatch,
         "check": check,
+        "milp_times": milp_times,
+        "milp_cpus": milp_cpus,
+        "milp_status": milp_status,
+        "milp_cmp": milp_cmp,
     }
 
 
@@ -391,7 +490,13 @@ def main(argv: list[str] | None = None) -> None:
         "--check-limit", type=float, default=60.0, help="time limit of the independent HiGHS checks (s)"
     )
     parser.add_argument(
+        "--milp-limit", type=float, default=60.0, help="time limit of the plain scipy milp runs (s)"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="2 seeds, no textbook CBC, no 1000-layer optimality rows"
+    )
+    parser.add_argument(
+        "--no-time-limits", action="store_true", help="skip the time-limit table (1000/5000-layer instances)"
     )
     args = parser.parse_args(argv)
     seeds = 2 if args.quick else args.seeds
@@ -404,15 +509,19 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("ViT-S", "ViT-B", "ViT-L", "Swin-B"):
         for family in ("additive", "interacting"):
             cbc = cbc_limit if family == "additive" else None
-            rows.append(bench_shape(name, family, seeds, cbc, 10.0, check_limit))
+            rows.append(bench_shape(name, family, seeds, cbc, 10.0, check_limit, args.milp_limit))
     if not args.quick:
         for family in ("additive", "interacting"):
-            rows.append(bench_shape("stress-1000", family, min(seeds, 3), None, 10.0, check_limit))
+            rows.append(
+                bench_shape("stress-1000", family, min(seeds, 3), None, 10.0, check_limit, args.milp_limit)
+            )
 
     head = (
         f"| {'shape':<11} | {'family':<11} | layers | candidates -> pruned | {'paths':<22} | "
         "wall s median / max | cpu s median / max | status   | max gap | target         | "
-        "textbook CBC s median / max | CBC status | HiGHS check |"
+        "textbook CBC s median / max | CBC status | HiGHS check | scipy milp s median / max | "
+        "milp cpu s median / max | milp status | "
+        "milp vs ours                                                |"
     )
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
@@ -435,10 +544,13 @@ def main(argv: list[str] | None = None) -> None:
             )
         else:
             cbc, cbc_status = "not run", "-"
+        n_milp = sum(s == "optimal" for s in r["milp_status"])
+        milp_opt = f"{n_milp}/{len(r['milp_status'])} opt"
         print(
             f"| {r['shape']:<11} | {r['family']:<11} | {r['layers']:>6} | {r['cands']:>10} -> {r['pruned']:<6} | "
             f"{paths:<22} | {_fmt_s(r['times']):>19} | {_fmt_s(r['cpus']):>18} | {status:<8} | "
-            f"{max(r['gaps']):7.1e} | {target:<14} | {cbc:>27} | {cbc_status:<10} | {_check(r['check']):<11} |"
+            f"{max(r['gaps']):7.1e} | {target:<14} | {cbc:>27} | {cbc_status:<10} | {_check(r['check']):<11} | "
+            f"{_fmt_s(r['milp_times']):>25} | {_fmt_s(r['milp_cpus']):>23} | {milp_opt:<11} | {_milp_compare(r):<59} |"
         )
     elapsed, cpu, n_opt, monotone, n_inf = bench_sweep()
     ok = elapsed < 2.0 and monotone and n_opt + n_inf == 32
@@ -453,6 +565,9 @@ def main(argv: list[str] | None = None) -> None:
         f"match, {total['differ']} differ, {total['unverified']} not proven by HiGHS within its limit"
     )
     print()
+    if args.no_time_limits:
+        _footer(cbc_limit, args.milp_limit, load)
+        return
     tl_head = (
         "| layers | limit s | wall s | overrun s | allowed 0.2 s + 20 % | met | status   | gap     | "
         "validate+prepare s (no limit) |"
@@ -467,10 +582,14 @@ def main(argv: list[str] | None = None) -> None:
             f"{t['allowed']:>20.2f} | {met:<3} | {t['status']:<8} | {gap:<7} | {t['prepare']:>29.2f} |"
         )
     print()
+    _footer(cbc_limit, args.milp_limit, load)
+
+
+def _footer(cbc_limit: float | None, milp_limit: float, load: float) -> None:
     print(
         "paths: split = weight/activation parts solved apart; dp = single-budget dynamic program; lagdp = closed "
         "by the Lagrangian DP; fixing = closed by reduced-cost fixing; bnb = small branch and bound; mip = reduced "
-        f"problem sent to HiGHS. Time limit 10 s; textbook CBC limit {cbc_limit} s. "
+        f"problem sent to HiGHS. Time limit 10 s; textbook CBC limit {cbc_limit} s; scipy milp limit {milp_limit} s. "
         f"Load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f} (2 cores, shared)."
     )
 

@@ -131,6 +131,8 @@ def _follow(client: Any, job_id: str) -> Any:
     def on_event(event: Any) -> None:
         if event.event == "progress":
             state["eta"] = event.data.get("eta_seconds")
+        elif event.event == "status":  # the end, or a run starting over: the last run's ETA no longer holds
+            state["eta"] = None
 
     def on_update(job: Any) -> None:
         filled = round(30 * job.progress)

@@ -31,13 +31,17 @@ class EventBatch:
 def fetch_events(session_factory: sessionmaker[Session], job_id: uuid.UUID, after: int) -> EventBatch:
     """Non-log events of ``job_id`` with id > ``after``, oldest first (at most :data:`BATCH`)."""
     with session_scope(session_factory) as session:
+        # the job first: each statement may see a newer commit (PostgreSQL, read committed), and a job's terminal
+        # status and its terminal event are committed together, so a terminal status read first guarantees its
+        # event in the read that follows (events first, a job finishing between the two looked terminal with no
+        # terminal event, and the stream ended on its id-less fallback)
+        head = session.execute(select(Job.status, Job.message, Job.progress).where(Job.id == job_id)).first()
         rows = session.execute(
             select(JobEvent.id, JobEvent.kind, JobEvent.data, JobEvent.created_at)
             .where(JobEvent.job_id == job_id, JobEvent.id > after, JobEvent.kind != "log")
             .order_by(JobEvent.id)
             .limit(BATCH)
         ).all()
-        head = session.execute(select(Job.status, Job.message, Job.progress).where(Job.id == job_id)).first()
     events = [(int(row[0]), str(row[1]), dict(row[2] or {}), row[3].isoformat()) for row in rows]
     if head is None:
         return EventBatch(events, None, "", 0.0)

@@ -2,8 +2,9 @@
 
 ``EVENTS`` is what ``GET /v1/jobs/{id}/events`` sends for a job driven through :data:`tests.service.live.REPORTS`
 (``test_events`` checks that the live server sends exactly these). ``RecordedStream(EVENTS)`` serves one job:
-``GET /v1/jobs/<JOB_ID>`` (the job, queued) and its event stream, so the progress bar is rendered from a fixed
-sequence instead of a job racing the test.
+``GET /v1/jobs/<JOB_ID>`` and its event stream, so the progress bar is rendered from a fixed sequence instead of a
+job racing the test. Like the real API, the job reads as queued until its stream has been served and as the
+stream left it afterwards (the client fetches the final job once the stream ends), whatever the timing.
 """
 
 from __future__ import annotations
@@ -45,6 +46,23 @@ _QUEUED_JOB = {
 }
 
 
+def _final_job(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The job as ``events`` leave it: the last status, stage and message, the highest progress (1 if succeeded)."""
+    job = dict(_QUEUED_JOB)
+    for kind, data in events:
+        if kind in ("status", "progress"):
+            job["message"] = data.get("message", job["message"])
+        if kind == "status":
+            job["status"] = data["status"]
+        if kind in ("stage", "progress"):
+            job["stage"] = data["stage"]
+        if kind == "progress":
+            job["progress"] = max(job["progress"], data["progress"])
+    if job["status"] == "succeeded":
+        job["progress"] = 1.0
+    return job
+
+
 class RecordedStream:
     """``with RecordedStream(events) as stream: stream.url``: a stand-in API that serves one recorded job."""
 
@@ -53,14 +71,17 @@ class RecordedStream:
             f"id: {number}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
             for number, (kind, data) in enumerate(events, start=1)
         ).encode()
-        job = json.dumps(_QUEUED_JOB).encode()
+        queued = json.dumps(_QUEUED_JOB).encode()
+        final = json.dumps(_final_job(events)).encode()
+        served = threading.Event()  # set once the whole stream has been written
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+            def do_GET(self) -> None:  # the http.server hook name
                 if self.path == f"/v1/jobs/{JOB_ID}":
-                    self._send(200, "application/json", job)
+                    self._send(200, "application/json", final if served.is_set() else queued)
                 elif self.path == f"/v1/jobs/{JOB_ID}/events":
                     self._send(200, "text/event-stream", body)
+                    served.set()
                 else:
                     self._send(404, "application/json", b'{"error": {"code": "job_not_found"}}')
 

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from service.models import APIKey, JobStatus
 from service.models import Job as JobRow
 from service.settings import Settings
 from service.webhooks.delivery import DeliveryWorker
+from tests.waiting import wait_until
 
 from .live import LiveServer, drive_job
 from .proxy import TamperingProxy, flip_byte
@@ -141,7 +141,7 @@ def test_wait_follows_the_event_stream(live, key, tmp_path) -> None:
         updates: list[Job] = []
         events = []
         driver.start()
-        final = client.wait(job.id, timeout=60, on_update=updates.append, on_event=events.append)
+        final = client.wait(job.id, timeout=300, on_update=updates.append, on_event=events.append)
         driver.join()
     assert final.status == "succeeded" and final.progress == 1.0 and final.stages is not None
     progress = [u.progress for u in updates]
@@ -235,7 +235,7 @@ def test_async_client(live, key, tmp_path) -> None:
             job = await client.submit(SPEC)
             driver = threading.Thread(target=drive_job, args=(live.app, uuid.UUID(job.id), tmp_path / "w"))
             driver.start()
-            final = await client.wait(job.id, timeout=60)
+            final = await client.wait(job.id, timeout=300)
             await asyncio.to_thread(driver.join)
             ids = [j.id async for j in client.iter_jobs(page_size=2)]
             path = await client.download(good, tmp_path / "async-bundle")
@@ -259,15 +259,17 @@ def test_webhook_receiver_example_verifies_deliveries(live, key) -> None:
             stdout=subprocess.PIPE,
             text=True,
         )
+
+        def listening() -> bool:
+            assert receiver.poll() is None, "the webhook receiver exited"
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+            except httpx.HTTPError:
+                return False
+            return True
+
         try:
-            deadline = time.monotonic() + 30
-            while True:  # wait until it listens
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    assert time.monotonic() < deadline and receiver.poll() is None, "receiver did not start"
-                    time.sleep(0.1)
+            wait_until(listening, 120, interval=0.1, message="the webhook receiver to listen")
             job = client.submit(SPEC)
             client.cancel(job.id)
             sender = DeliveryWorker(live.app.state.session_factory, live.app.state.settings)
@@ -279,7 +281,7 @@ def test_webhook_receiver_example_verifies_deliveries(live, key) -> None:
             assert delivery.status == "succeeded" and delivery.last_status_code == 204
         finally:
             receiver.terminate()
-            out, _ = receiver.communicate(timeout=10)
+            out, _ = receiver.communicate(timeout=60)
     webhook_id, event_type, data = out.splitlines()[0].split(" ", 2)
     assert webhook_id == delivery.webhook_id and event_type == "job.cancelled" and job.id in data
 

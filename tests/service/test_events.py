@@ -20,13 +20,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, func, select
 
 from service.auth.service import create_key
-from service.cli import main
+from service.cli import _eta_text, main
 from service.client import MPQClient
 from service.events.logs import JobLogCapture
 from service.events.progress import ProgressTracker
+from service.events.stream import fetch_events
 from service.models import Job, JobEvent, JobStatus, Tenant
 from service.settings import Settings
 from tests.waiting import wait_until
@@ -132,6 +133,42 @@ def test_stream_follows_a_job_to_its_terminal_event_and_resumes(live, key, tmp_p
         assert unknown not in {event_id for event_id, _, _ in received}
 
 
+def test_a_job_finishing_between_the_two_reads_of_a_poll_is_seen_with_its_terminal_event(live, key) -> None:
+    """A poll reads the job and its events in two statements; the job finishes (its terminal status and event in
+    one commit) right between them. The poll never sees a terminal job without its terminal event (it once did
+    on PostgreSQL, and the stream then ended on an id-less fallback event instead of the real one)."""
+    from service.job.repository import JobRepository
+    from service.worker.runner import _Run
+
+    factory = live.app.state.session_factory
+    if factory.kw["bind"].dialect.name == "sqlite":
+        pytest.skip("SQLite: the reading transaction blocks the writer's commit, so it cannot happen in between")
+    with MPQClient(live.url, key) as client:
+        job_id = uuid.UUID(client.submit(SPEC).id)
+    with factory() as session:
+        assert JobRepository(session).claim(job_id, worker_id="w", lease_id="lease")
+        session.commit()
+    run = _Run(job_id, "lease", factory, live.app.state.settings, threading.Event())
+    statements: list[str] = []
+
+    def finish_after_the_first_read(conn, cursor, statement, *_args) -> None:
+        statements.append(statement)
+        if len(statements) == 2:  # the poll's second statement is about to run: the job finishes now
+            assert run.finish(JobStatus.SUCCEEDED, message="done", progress=1.0)
+
+    engine = factory.kw["bind"]
+    with factory() as session:  # the events of the claim, so that the poll below starts after them
+        after = session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id))
+    event.listen(engine, "before_cursor_execute", finish_after_the_first_read)
+    try:
+        batch = fetch_events(factory, job_id, after)
+    finally:
+        event.remove(engine, "before_cursor_execute", finish_after_the_first_read)
+    assert len(statements) >= 2, statements
+    terminal = [data for _, kind, data, _ in batch.events if kind == "status" and data["status"] == "succeeded"]
+    assert batch.status != "succeeded" or terminal, (batch.status, batch.events)
+
+
 def test_status_and_message_agree_from_the_claim_on(live, key) -> None:
     from service.job.repository import JobRepository
 
@@ -198,6 +235,41 @@ def test_recorded_reports_give_the_recorded_etas() -> None:
     assert [tracker.update(fraction, now=seconds) for seconds, _, fraction, _ in REPORTS] == REPORTED
 
 
+def test_eta_text_of_the_recorded_etas() -> None:
+    assert [_eta_text(eta) for _, eta in REPORTED] == ["ETA --", "ETA 1m30s", "ETA 1m48s", "ETA 0m47s"]
+    assert [_eta_text(s) for s in (0.0, 59.4, 59.5, 3599.4, 3599.5, 3725.0)] == [
+        "ETA 0m00s",
+        "ETA 0m59s",
+        "ETA 1m00s",  # rounded to whole seconds (banker's rounding: 59.5 -> 60, 58.5 -> 58)
+        "ETA 59m59s",
+        "ETA 1h00m",
+        "ETA 1h02m",
+    ]
+
+
+def _bar(percent: float, status: str, stage: str, eta: str) -> str:
+    filled = round(30 * percent / 100)
+    return f"[{'#' * filled}{'.' * (30 - filled)}] {percent:5.1f}%  {status:<9} stage={stage:<11} {eta}"
+
+
+#: What ``mpq status --follow`` draws on a terminal for :data:`EVENTS`: the job as first fetched, then one frame
+#: per event (its ETA is the one of the last progress event; a status event clears it), then the final job.
+TERMINAL_FRAMES = [
+    _bar(0.0, "queued", "-", "ETA --") + "  queued",  # the job as fetched
+    _bar(0.0, "queued", "-", "ETA --") + "  queued",
+    _bar(0.0, "running", "-", "ETA --") + "  running",
+    _bar(0.0, "running", "load", "ETA --") + "  running",
+    _bar(2.0, "running", "load", "ETA --") + "  loading",  # 1 s in: no ETA yet
+    _bar(2.0, "running", "load", "ETA --") + "  loading",
+    _bar(2.0, "running", "sensitivity", "ETA --") + "  loading",
+    _bar(10.0, "running", "sensitivity", "ETA 1m30s") + "  sensitivity 1/4",
+    _bar(10.0, "running", "sensitivity", "ETA 1m48s") + "  a report going backwards",  # 10 %, not 8 %
+    _bar(30.0, "running", "sensitivity", "ETA 0m47s") + "  sensitivity 4/4",
+    _bar(100.0, "succeeded", "sensitivity", "ETA --") + "  done",  # the terminal event
+    _bar(100.0, "succeeded", "sensitivity", "ETA --") + "  done",  # the job fetched after the stream
+]
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -208,16 +280,24 @@ def test_follow_on_a_terminal_redraws_the_bar_with_each_events_eta(capsys, monke
     monkeypatch.setattr(sys, "stderr", terminal)
     with RecordedStream(EVENTS) as stream:
         assert main(["status", JOB_ID, "--follow", "--url", stream.url, "--key", "k"]) == 0
-    print(repr(terminal.getvalue()), file=sys.__stdout__)
-    assert "succeeded" in capsys.readouterr().out
+    drawn = terminal.getvalue()
+    assert drawn.startswith("\r") and drawn.endswith("\n"), repr(drawn)
+    assert [frame.rstrip() for frame in drawn[1:-1].split("\r")] == TERMINAL_FRAMES
+    assert capsys.readouterr().out == f"{JOB_ID}  succeeded  100.0%  stage=sensitivity  done\n"
 
 
 def test_follow_in_a_log_prints_a_line_per_status_or_stage(capsys) -> None:
     with RecordedStream(EVENTS) as stream:
         assert main(["status", JOB_ID, "--follow", "--url", stream.url, "--key", "k"]) == 0
     out, err = capsys.readouterr()
-    print(repr(err), file=sys.__stdout__)
-    assert "succeeded" in out and "100.0%" in out
+    assert err.splitlines() == [
+        _bar(0.0, "queued", "-", "ETA --"),
+        _bar(0.0, "running", "-", "ETA --"),
+        _bar(0.0, "running", "load", "ETA --"),
+        _bar(2.0, "running", "sensitivity", "ETA --"),  # printed when the stage starts, before its first ETA
+        _bar(100.0, "succeeded", "sensitivity", "ETA --"),
+    ]
+    assert out == f"{JOB_ID}  succeeded  100.0%  stage=sensitivity  done\n"
 
 
 def _without(data: dict, *keys: str) -> dict:
@@ -253,6 +333,7 @@ def test_cli_submit_wait_and_status_follow_end_at_the_final_status(live, tmp_pat
     driver = _drive_when_queued(live, tmp_path / "work")
     code = main(["submit", str(spec), "--wait", "--url", live.url, "--key", cli_key])
     driver.join(timeout=300)
+    assert not driver.is_alive(), "the job driver did not finish"
     out, err = capsys.readouterr()
     assert code == 0, err
     job_id = out.splitlines()[0].strip()
@@ -260,6 +341,10 @@ def test_cli_submit_wait_and_status_follow_end_at_the_final_status(live, tmp_pat
     bars = [line for line in err.splitlines() if line.startswith("[")]
     percents = [float(line.split("]")[1].split("%")[0]) for line in bars]
     assert percents == sorted(percents) and percents[-1] == 100.0, err
+    # which events a line shows depends on when the CLI reads them, but every ETA is a recorded one
+    shown = {line[line.index("ETA") :] for line in bars}
+    assert shown <= {"ETA --", "ETA 1m30s", "ETA 1m48s", "ETA 0m47s"}, err
+    assert bars[-1].split()[2:] == ["succeeded", "stage=sensitivity", "ETA", "--"], err
     assert main(["status", job_id, "--follow", "--url", live.url, "--key", cli_key]) == 0
     out, err = capsys.readouterr()
     assert "succeeded" in out and "100.0%" in err

@@ -36,7 +36,10 @@ BROKERS = {
     "redis": "redis://127.0.0.1:6379/0",
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
 }
-HEARTBEAT_TIMEOUT = 4.0
+#: Seconds without a heartbeat (sent every 0.5 s) before the other worker's sweep re-queues a job. It only sets how
+#: soon a killed worker's job is picked up; a short one would re-queue live jobs whenever a loaded machine delays a
+#: heartbeat write for a few seconds (then a job runs twice and ``attempts == 1`` fails).
+HEARTBEAT_TIMEOUT = 30.0
 
 
 def _broker_reachable(url: str) -> bool:
