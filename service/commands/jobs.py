@@ -14,7 +14,7 @@ from typing import Any
 
 from service.commands.server import settings_from
 
-__all__ = ["JOB_MARKER", "add_commands", "download_conflict", "open_client"]
+__all__ = ["JOB_MARKER", "add_commands", "download_conflict", "eta_text", "open_client"]
 
 
 def add_commands(sub: Any) -> None:
@@ -109,7 +109,7 @@ def _print_job(job: Any) -> None:
     )
 
 
-def _eta_text(seconds: float | None) -> str:
+def eta_text(seconds: float | None) -> str:
     if seconds is None:
         return "ETA --"
     seconds = round(seconds)
@@ -137,7 +137,7 @@ def _follow(client: Any, job_id: str) -> Any:
     def on_update(job: Any) -> None:
         filled = round(30 * job.progress)
         bar = "#" * filled + "." * (30 - filled)
-        line = f"[{bar}] {100 * job.progress:5.1f}%  {job.status:<9} stage={job.stage or '-':<11} {_eta_text(state['eta'])}"
+        line = f"[{bar}] {100 * job.progress:5.1f}%  {job.status:<9} stage={job.stage or '-':<11} {eta_text(state['eta'])}"
         if live:
             print(f"\r{line}  {job.message[:40]:<40}", end="", file=sys.stderr, flush=True)
         elif (job.status, job.stage) != state["line"]:

@@ -23,8 +23,9 @@ import pytest
 from sqlalchemy import event, func, select
 
 from service.auth.service import create_key
-from service.cli import _eta_text, main
+from service.cli import main
 from service.client import MPQClient
+from service.commands.jobs import eta_text
 from service.events.logs import JobLogCapture
 from service.events.progress import ProgressTracker
 from service.events.stream import fetch_events
@@ -138,7 +139,7 @@ def test_a_job_finishing_between_the_two_reads_of_a_poll_is_seen_with_its_termin
     one commit) right between them. The poll never sees a terminal job without its terminal event (it once did
     on PostgreSQL, and the stream then ended on an id-less fallback event instead of the real one)."""
     from service.job.repository import JobRepository
-    from service.worker.runner import _Run
+    from service.worker.job_run import JobRun
 
     factory = live.app.state.session_factory
     if factory.kw["bind"].dialect.name == "sqlite":
@@ -148,7 +149,7 @@ def test_a_job_finishing_between_the_two_reads_of_a_poll_is_seen_with_its_termin
     with factory() as session:
         assert JobRepository(session).claim(job_id, worker_id="w", lease_id="lease")
         session.commit()
-    run = _Run(job_id, "lease", factory, live.app.state.settings, threading.Event())
+    run = JobRun(job_id, "lease", factory, live.app.state.settings, threading.Event())
     statements: list[str] = []
 
     def finish_after_the_first_read(conn, cursor, statement, *_args) -> None:
@@ -236,8 +237,8 @@ def test_recorded_reports_give_the_recorded_etas() -> None:
 
 
 def test_eta_text_of_the_recorded_etas() -> None:
-    assert [_eta_text(eta) for _, eta in REPORTED] == ["ETA --", "ETA 1m30s", "ETA 1m48s", "ETA 0m47s"]
-    assert [_eta_text(s) for s in (0.0, 59.4, 59.5, 3599.4, 3599.5, 3725.0)] == [
+    assert [eta_text(eta) for _, eta in REPORTED] == ["ETA --", "ETA 1m30s", "ETA 1m48s", "ETA 0m47s"]
+    assert [eta_text(s) for s in (0.0, 59.4, 59.5, 3599.4, 3599.5, 3725.0)] == [
         "ETA 0m00s",
         "ETA 0m59s",
         "ETA 1m00s",  # rounded to whole seconds (banker's rounding: 59.5 -> 60, 58.5 -> 58)
