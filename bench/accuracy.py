@@ -7,6 +7,8 @@ Sections (``--section``, default all):
   own averages, predicted vs measured KL, without the iterative update and with ``range_search=minmax``
   (``bench/mixed.py``).
 - ``reconstruct``: FIMA-Q (fisher_dplr) vs MSE reconstruction vs none, at W4A4 and W3A3.
+- ``data-free``: synthetic calibration images (``quant.synthetic``) vs real images vs Gaussian noise, dopq W4A4/W3A3,
+  PTQ and FIMA-Q, with a paired bootstrap and the generation time (``bench/datafree.py``; not part of ``all``).
 - ``calib``: range calibration ``range_search="minmax"`` (fast) vs ``"output"`` (output-aware search), recipes
   minmax/repq/dopq at W4A4 and W3A3: top-1, KL, test cross-entropy, calibration wall and CPU seconds, and the
   KL change with its noise (``--seeds``: the output search is repeated on other calibration subsets; the
@@ -175,7 +177,11 @@ def section_calib(model: str, markdown: bool, bits: list[int], methods: list[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vit-digits,swin-digits")
-    parser.add_argument("--section", choices=("ptq", "mixed", "reconstruct", "calib", "all"), default="all")
+    parser.add_argument("--section", choices=("ptq", "mixed", "reconstruct", "calib", "data-free", "all"),
+                        default="all")
+    parser.add_argument("--images", type=int, default=128, help="data-free section: images per calibration set")
+    parser.add_argument("--steps", type=int, default=None, help="data-free section: Adam steps (generator default)")
+    parser.add_argument("--no-reconstruct", action="store_true", help="data-free section: PTQ rows only")
     parser.add_argument("--bits", default="4,3", help="calib section: uniform bit-widths (WnAn)")
     parser.add_argument("--methods", default="minmax,repq,dopq", help="calib section: recipes")
     parser.add_argument("--seeds", type=int, default=0, help="calib section: extra calibration subsets")
@@ -192,6 +198,11 @@ def main() -> None:
             section_mixed(model, args.markdown, _print)
         if args.section in ("reconstruct", "all"):
             section_reconstruct(model, args.markdown, args.iters)
+        if args.section == "data-free":
+            from datafree import section_datafree
+
+            section_datafree(model, args.markdown, _print, iters=args.iters, images=args.images, steps=args.steps,
+                             reconstruct=not args.no_reconstruct)
         if args.section in ("calib", "all"):
             section_calib(model, args.markdown, [int(b) for b in args.bits.split(",")], args.methods.split(","),
                           args.seeds)

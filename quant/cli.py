@@ -58,7 +58,10 @@ def add_quantize_parser(subparsers) -> None:
     p.add_argument("--model", required=True, help="builtin:vit-digits, builtin:swin-digits or a timm name")
     p.add_argument("--arch-kwargs", default="{}", help='JSON keyword overrides for timm, e.g. \'{"img_size": 32}\'')
     p.add_argument("--weights", default=None, help="safetensors state_dict (required for timm names)")
-    p.add_argument("--data", default="builtin:digits", help="builtin:digits or a safetensors file of images")
+    p.add_argument("--data", default="builtin:digits", help="builtin:digits, a safetensors file of images, or "
+                   "synthetic (data-free: --num-calib images generated from the model, see docs/data-free.md)")
+    p.add_argument("--synthetic-steps", type=int, default=None, help="--data synthetic: Adam steps per batch")
+    p.add_argument("--synthetic-seed", type=int, default=None, help="--data synthetic: noise seed (default --seed)")
     p.add_argument("--eval-data", default=None, help="safetensors file with evaluation images and labels")
     p.add_argument("--num-calib", type=int, default=None, help="calibration images to use (preset: 256 quick, "
                    "1024 paper)")
@@ -112,7 +115,7 @@ def _given(**values) -> dict:
 
 
 def _build_config(args):
-    from .config import DataSpec, MethodSpec, ModelSpec, PipelineConfig
+    from .config import SYNTHETIC_SOURCE, DataSpec, MethodSpec, ModelSpec, PipelineConfig, SyntheticSpec
 
     try:
         arch_kwargs = json.loads(args.arch_kwargs)
@@ -121,7 +124,9 @@ def _build_config(args):
     return PipelineConfig(
         model=ModelSpec(name=args.model, arch_kwargs=arch_kwargs, weights_path=args.weights),
         data=DataSpec(source=args.data, eval_source=args.eval_data, batch_size=args.batch_size,
-                      **_given(num_calibration=args.num_calib)),
+                      **_given(num_calibration=args.num_calib, synthetic=SyntheticSpec(
+                          **_given(steps=args.synthetic_steps, seed=args.synthetic_seed))
+                          if args.data == SYNTHETIC_SOURCE else None)),
         method=MethodSpec(
             quantizer=args.method, wbits=args.wbits, abits=args.abits,
             head_bits=args.head_bits or None, budgets=dict(args.budget),

@@ -17,10 +17,12 @@ __all__ = [
     "BUDGET_KEYS",
     "LATENCY_BUDGETS",
     "STAGES",
+    "SYNTHETIC_SOURCE",
     "DataSpec",
     "MethodSpec",
     "ModelSpec",
     "PipelineConfig",
+    "SyntheticSpec",
 ]
 
 #: Bit-widths a weight quantizer accepts (16 means "not quantized").
@@ -36,7 +38,14 @@ BUDGET_KEYS = ("wbits", "abits", "size", "bops", "latency", "latency_ms")
 #: Budgets that are measured on the deployment runtime.
 LATENCY_BUDGETS = ("latency", "latency_ms")
 #: Stage names of a pipeline run, in order.
-STAGES = ("load", "calibrate", "sensitivity", "latency", "allocate", "reconstruct", "evaluate", "export")
+STAGES = ("load", "synthesize", "calibrate", "sensitivity", "latency", "allocate", "reconstruct", "evaluate",
+          "export")
+
+#: ``DataSpec.source`` of a data-free job: the ``synthesize`` stage generates the calibration images.
+SYNTHETIC_SOURCE = "synthetic"
+#: Most synthetic images a job may ask for, and most Adam steps per batch.
+MAX_SYNTHETIC_IMAGES = 100_000
+MAX_SYNTHETIC_STEPS = 10_000
 
 QuantizerMethod = Literal["minmax", "repq", "dopq"]
 ReconstructMethod = Literal["none", "mse", "fisher_diag", "fisher_lr", "fisher_dplr"]
@@ -65,18 +74,42 @@ class ModelSpec(_Frozen):
     weights_path: str | None = None
 
 
+class SyntheticSpec(_Frozen):
+    """Data-free calibration (``quant.synthetic``): Adam ``steps`` per batch of images (None: the generator's
+    default) and the noise ``seed`` (None: the job's seed). The number of images is ``DataSpec.num_calibration``."""
+
+    steps: int | None = Field(default=None, ge=0, le=MAX_SYNTHETIC_STEPS)
+    seed: int | None = Field(default=None, ge=0)
+
+
 class DataSpec(_Frozen):
     """Calibration and evaluation images.
 
-    ``source`` is ``builtin:digits`` or a safetensors file with ``images`` float32 [N,3,H,W] (already
-    normalised for the model) and optional ``labels`` int64 [N]. ``eval_source`` is the same kind of thing for
-    evaluation; for ``builtin:digits`` the built-in test split is used when it is None.
+    ``source`` is ``builtin:digits``, a safetensors file with ``images`` float32 [N,3,H,W] (already
+    normalised for the model) and optional ``labels`` int64 [N], or ``synthetic`` (:data:`SYNTHETIC_SOURCE`:
+    ``num_calibration`` images generated from the float model, settings in ``synthetic``; their labels are the
+    float model's own predictions). ``eval_source`` is the same kind of thing for evaluation; for
+    ``builtin:digits`` the built-in test split is used when it is None.
     """
 
     source: str = "builtin:digits"
     eval_source: str | None = None
     num_calibration: int = Field(default=256, ge=1)
     batch_size: int = Field(default=64, ge=1)
+    synthetic: SyntheticSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_synthetic(self) -> DataSpec:
+        if self.synthetic is not None and self.source != SYNTHETIC_SOURCE:
+            raise ValueError(f"synthetic settings need source={SYNTHETIC_SOURCE!r}, got source={self.source!r}")
+        if self.source == SYNTHETIC_SOURCE and self.num_calibration > MAX_SYNTHETIC_IMAGES:
+            raise ValueError(f"at most {MAX_SYNTHETIC_IMAGES} synthetic images, got {self.num_calibration}")
+        return self
+
+    @property
+    def is_synthetic(self) -> bool:
+        """Whether the calibration images are generated (data-free job)."""
+        return self.source == SYNTHETIC_SOURCE
 
 
 class MethodSpec(_Frozen):

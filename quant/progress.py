@@ -25,6 +25,7 @@ def _weights(config: PipelineConfig) -> dict[str, float]:
     searched = resolve_range_search(method.quantizer, method.range_search) == "output"
     return {
         "load": 0.05,
+        "synthesize": 0.30 if config.data.is_synthetic else 0.0,
         "calibrate": (0.30 if searched else 0.05) * (1.6 if mixed else 1.0),
         "sensitivity": 0.25 if mixed else 0.0,
         "latency": 0.15 if method.target != "sim" else 0.0,

@@ -27,7 +27,8 @@ from quant.report_markup import (
 __all__ = ["bits_chart", "pareto_chart", "sensitivity_chart", "timings_chart"]
 
 #: Stages in pipeline order (the timings chart's rows; unknown stages follow).
-STAGE_ORDER = ("load", "calibrate", "sensitivity", "latency", "allocate", "reconstruct", "evaluate", "export")
+STAGE_ORDER = ("load", "synthesize", "calibrate", "sensitivity", "latency", "allocate", "reconstruct", "evaluate",
+               "export")
 #: Bits at or above which a layer is float.
 FLOAT_BITS = 16
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from quant.report_charts import bits_chart, pareto_chart, sensitivity_chart, timings_chart
 from quant.report_markup import absent, fmt, fmt_bytes, section
+from quant.report_synthetic import synthetic_section
 
 __all__ = ["render_report_html", "write_report_html"]
 
@@ -152,6 +153,7 @@ def render_report_html(report: dict) -> str:
         f"<title>mpq report: {escape(str(model))}</title><style>{_CSS}</style></head><body><main>",
         f'<h1>Quantization report: {escape(str(model))}</h1><p class="sub">{subtitle}</p>',
         _metrics_section(report),
+        synthetic_section(report),  # data-free jobs: the synthetic calibration images (quant.report_synthetic)
         _budgets_section(report),
         bits_chart(report),
         sensitivity_chart(report),

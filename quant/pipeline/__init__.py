@@ -1,7 +1,7 @@
 """One quantization job from config to result: the pipeline shared by ``mpq quantize`` and service workers.
 
-``run`` holds ``run_pipeline`` (the list of stages); each stage has its own module (``load``, ``calibrate``,
-``sensitivity``, ``latency``, ``allocate``, ``reconstruct``, ``evaluate``, ``export``; the methods behind them live in
+``run`` holds ``run_pipeline`` (the list of stages); each stage has its own module (``load``, ``synthesize``,
+``calibrate``, ``sensitivity``, ``latency``, ``allocate``, ``reconstruct``, ``evaluate``, ``export``; the methods behind them live in
 ``quant.calibration``, ``quant.sensitivity``, ``quant.allocation`` and ``quant.reconstruct``); ``runner`` is the
 stage mechanism and ``store`` where stage outputs and blobs live.
 """

@@ -23,6 +23,7 @@ from ..wrap import load_params_
 from .latency import latency_report
 from .load import LoadedJob
 from .runner import StageRunner
+from .synthesize import synthetic_report
 
 __all__ = ["export_onnx_checked", "export_stage", "public_config"]
 
@@ -114,7 +115,8 @@ def export_stage(runner: StageRunner, job: LoadedJob, qmodel: nn.Module, table: 
             if deployment is not None:
                 result.metrics["deployment"] = deployment
         public = {key: value for key, value in result.to_dict().items() if key != "artifact_dir"}
-        report = {"config": public_config(config), **public, "reparam": [asdict(r) for r in reparam]}
+        report = {"config": public_config(config), **public, "reparam": [asdict(r) for r in reparam],
+                  **synthetic_report(job, runner.outputs)}
         for point in pareto:
             point.pop("assignment", None)
         report["pareto"] = pareto

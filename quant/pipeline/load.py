@@ -12,7 +12,7 @@ from ..config import PipelineConfig
 from ..data import DataLoadError, ImageSet, load_dataset
 from ..errors import PipelineInputError
 from ..models import BUILTIN_MODELS, ModelLoadError, build_model, model_info
-from ..validation import calibration_warning, check_finite_weights
+from ..validation import calibration_warning, check_finite_weights, synthetic_warnings
 
 __all__ = ["LoadedJob", "load_job", "load_output", "resolve_device"]
 
@@ -30,12 +30,13 @@ def resolve_device(device: str) -> torch.device:
 @dataclass
 class LoadedJob:
     """What every later stage works from: the float model (on ``device``), ``calib``/``evaluation`` images, the
-    input shape ``(C, H, W)``, load time and warnings."""
+    input shape ``(C, H, W)``, load time and warnings. ``calib`` is None after loading a data-free job: the
+    ``synthesize`` stage sets it."""
 
     config: PipelineConfig
     device: torch.device
     float_model: nn.Module
-    calib: ImageSet
+    calib: ImageSet | None
     evaluation: ImageSet | None
     input_shape: tuple[int, int, int]
     load_seconds: float
@@ -70,11 +71,12 @@ def _load_model(config: PipelineConfig) -> nn.Module:
         raise PipelineInputError("invalid_arch_kwargs", f"invalid arch_kwargs for {spec.name!r}: {exc}") from exc
 
 
-def _load_images(config: PipelineConfig, input_shape: tuple[int, int, int]) -> tuple[ImageSet, ImageSet | None]:
+def _load_images(config: PipelineConfig, input_shape: tuple[int, int, int]) -> tuple[ImageSet | None, ImageSet | None]:
     data = config.data
     try:
         kwargs = {"model_name": config.model.name, "arch_kwargs": dict(config.model.arch_kwargs)}
-        calib = load_dataset(data.source, split="calib", max_images=data.num_calibration, **kwargs)
+        calib = None if data.is_synthetic else load_dataset(data.source, split="calib", max_images=data.num_calibration,
+                                                            **kwargs)
         if data.eval_source is not None:
             evaluation: ImageSet | None = load_dataset(data.eval_source, split="test", **kwargs)
         elif data.source.startswith("builtin:"):
@@ -90,6 +92,8 @@ def _load_images(config: PipelineConfig, input_shape: tuple[int, int, int]) -> t
                 f"{label} images have shape {list(images.images.shape[1:])} per image but the model expects "
                 f"{list(input_shape)} (C, H, W); resize the images or set img_size in arch_kwargs",
             )
+    if calib is None:
+        return None, evaluation
     n = min(data.num_calibration, len(calib))
     calib = ImageSet(calib.images[:n], None if calib.labels is None else calib.labels[:n])
     return calib, evaluation
@@ -101,8 +105,8 @@ def load_job(config: PipelineConfig, device: torch.device) -> LoadedJob:
     float_model = _load_model(config).to(device)
     input_shape = tuple(model_info(config.model.name, dict(config.model.arch_kwargs))["input_size"])
     calib, evaluation = _load_images(config, input_shape)
-    warnings = []
-    if len(calib) < config.data.num_calibration:
+    warnings = synthetic_warnings(config)
+    if calib is not None and len(calib) < config.data.num_calibration:
         warnings.append({"code": "calibration_images_capped",
                          "message": calibration_warning(config.data.num_calibration, len(calib))})
     return LoadedJob(config, device, float_model, calib, evaluation, input_shape, time.perf_counter() - start,
@@ -114,7 +118,7 @@ def load_output(job: LoadedJob) -> dict:
     return {
         "model": job.config.model.name,
         "input_shape": list(job.input_shape),
-        "calibration_images": len(job.calib),
+        "calibration_images": len(job.calib) if job.calib is not None else job.config.data.num_calibration,
         "evaluation_images": len(job.evaluation) if job.evaluation is not None else 0,
         "device": str(job.device),
         "load_seconds": job.load_seconds,

@@ -1,6 +1,6 @@
 """``run_pipeline``: one quantization job from config to result, as the list of its stages.
 
-Stages (``quant.config.STAGES``): ``load`` -> ``calibrate`` -> ``sensitivity`` -> ``latency`` -> ``allocate`` ->
+Stages (``quant.config.STAGES``): ``load`` -> ``synthesize`` (data-free jobs) -> ``calibrate`` -> ``sensitivity`` -> ``latency`` -> ``allocate`` ->
 ``reconstruct`` -> ``evaluate`` -> ``export``, one module each in this package. Each finished stage's JSON-able output
 is saved to a ``StageStore`` (tensors as content-addressed blobs); a stage whose output the store already has is
 skipped, which is how a restarted job resumes and how a re-allocation reuses a parent job's parameter table,
@@ -31,6 +31,7 @@ from .reconstruct import reconstruct_stage
 from .runner import ProgressCallback, StageRunner
 from .sensitivity import sensitivity_step
 from .store import InMemoryStageStore, StageStore
+from .synthesize import accuracy_note, scored_calibration, synthesize_stage
 
 __all__ = ["PipelineResult", "run_pipeline"]
 
@@ -71,6 +72,7 @@ def run_pipeline(
 
     job = load_job(config, device)
     runner.stage("load", lambda: load_output(job))
+    synthesize_stage(runner, job)  # data-free jobs: sets job.calib
     prepared = calibrate_stage(runner, job)
     qmodel, table = prepared.qmodel, prepared.table
     profiles = profile_layers(qmodel, job.input_shape)
@@ -82,11 +84,11 @@ def run_pipeline(
     refined = reconstruct_stage(runner, job, qmodel)
     table = table.with_entries({name: {chosen[name]: params} for name, params in refined.items()})
     load_params_(qmodel, table.select(chosen))
-    metrics_out = runner.stage("evaluate", lambda: evaluate_stage(qmodel, job.float_model, job.calib, job.evaluation,
-                                                                  profiles, config))
+    metrics_out = runner.stage("evaluate", lambda: evaluate_stage(qmodel, job.float_model, scored_calibration(job),
+                                                                  job.evaluation, profiles, config))
 
     result = PipelineResult(
-        metrics=_metrics(metrics_out, allocation_out), allocation=allocation_out["allocation"],
+        metrics={**_metrics(metrics_out, allocation_out), **accuracy_note(job)}, allocation=allocation_out["allocation"],
         sensitivity=sensitivity if sensitivity and not sensitivity.get("skipped") else None,
         budgets=allocation_out.get("budgets", {}), timings=_timings(runner), stages=runner.outputs,
         artifact_dir=Path(output_dir) if output_dir is not None else None,

@@ -1,4 +1,5 @@
-"""HTTP routes of artifacts: ``POST /v1/artifacts`` (multipart), ``GET /v1/artifacts[/{id}]``."""
+"""HTTP routes of artifacts: ``POST /v1/artifacts`` (multipart), ``GET /v1/artifacts[/{id}]``,
+``GET /v1/artifacts/{id}/content`` (the file)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi.responses import FileResponse
 
 from service.artifact.schemas import ArtifactPublic, ArtifactsPublic
 from service.artifact.service import ArtifactService
 from service.artifact.storage import BlobStore
 from service.auth.dependencies import TenantDep
 from service.deps import SessionDep, SettingsDep
+from service.errors import Conflict
 from service.idempotency import IdempotencyKeyDep, run_idempotent
 from service.models import ArtifactKind
 from service.schemas import error_responses
@@ -104,3 +107,25 @@ def get_artifact(
     """One of the caller's artifacts."""
     artifact = ArtifactService(session, BlobStore(settings.artifact_dir)).get(tenant, artifact_id)
     return ArtifactPublic.model_validate(artifact)
+
+
+@router.get(
+    "/{artifact_id}/content",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The safetensors file"},
+               **error_responses(404, 409)},
+    summary="Download one of the caller's artifacts (e.g. a data-free job's synthetic images)",
+)
+def download_artifact_content(
+    artifact_id: uuid.UUID, tenant: TenantDep, session: SessionDep, settings: SettingsDep
+) -> FileResponse:
+    """The artifact's safetensors file, byte for byte (``X-Content-SHA256`` is its digest)."""
+    service = ArtifactService(session, BlobStore(settings.artifact_dir))
+    artifact = service.get(tenant, artifact_id)
+    path = service.local_path(artifact)
+    if not path.is_file():
+        raise Conflict(f"the file of artifact {artifact_id} is missing from the artifact store",
+                       code="artifact_missing")
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=artifact.filename or f"{artifact.id}.safetensors",
+                        headers={"X-Content-SHA256": artifact.sha256})

@@ -25,6 +25,7 @@ def add_commands(sub: Any) -> None:
     submit.add_argument("--weights", help="safetensors weights to upload as model.weights_artifact_id")
     submit.add_argument("--data", help="safetensors images to upload as data.artifact_id")
     submit.add_argument("--eval-data", help="safetensors images+labels to upload as data.eval_artifact_id")
+    submit.add_argument("--synthetic", type=int, metavar="N", help="data-free: generate N calibration images")
     submit.add_argument(
         "--budget", action="append", type=_parse_budget, default=[], help="NAME=VALUE; repeatable"
     )
@@ -161,6 +162,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         spec.setdefault("model", {})["name"] = args.model
     if args.budget:
         spec.setdefault("method", {}).setdefault("budgets", {}).update(dict(args.budget))
+    if args.synthetic:  # data-free: the job generates its calibration images (docs/data-free.md)
+        spec.setdefault("data", {})["synthetic"] = {"images": args.synthetic}
     if "model" not in spec:
         raise SystemExit("mpq submit: give a JSON spec file or --model")
     with open_client(args) as client:

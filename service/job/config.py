@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from quant.config import DataSpec, ModelSpec, PipelineConfig
+from quant.config import SYNTHETIC_SOURCE, DataSpec, ModelSpec, PipelineConfig, SyntheticSpec
 from service.errors import UnprocessableEntity
 from service.job.schemas import JobCreate
 from service.models import Artifact, ArtifactKind
@@ -68,7 +68,12 @@ def build_pipeline_config(
     """
     weights = spec.model.weights_artifact_id
     data = spec.data
-    if data.artifact_id is not None:
+    synthetic: dict = {}
+    if data.synthetic is not None:  # data-free: the synthesize stage generates the calibration images
+        source = SYNTHETIC_SOURCE
+        synthetic = {"num_calibration": data.synthetic.images,
+                     "synthetic": SyntheticSpec(steps=data.synthetic.steps, seed=data.synthetic.seed)}
+    elif data.artifact_id is not None:
         source = str(artifact_path(data.artifact_id))
     elif data.folder is not None:
         source = "folder:" + str(resolve_data_folder(data_root, data.folder, "data.folder"))
@@ -92,6 +97,7 @@ def build_pipeline_config(
                 source=source,
                 eval_source=eval_source,
                 **{key: getattr(data, key) for key in ("num_calibration", "batch_size") if key in data.model_fields_set},
+                **synthetic,
             ),
             method=spec.method,
             seed=spec.seed,
@@ -121,6 +127,8 @@ def check_limits(config: PipelineConfig, settings: Settings) -> None:
     ``MPQ_MAX_RECONSTRUCT_RANK``, ``MPQ_MAX_CALIBRATION_IMAGES``, ``MPQ_MAX_SWEEP_MEASURE``)."""
     for field, (section, attribute), setting in _LIMITS:
         value = getattr(getattr(config, section), attribute, None)
+        if field == "data.num_calibration" and config.data.is_synthetic:
+            field = "data.synthetic.images"
         limit = getattr(settings, setting)
         if isinstance(value, int) and value > limit:
             raise UnprocessableEntity(

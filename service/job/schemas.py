@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from quant.config import BUDGET_KEYS, MethodSpec
+from quant.config import BUDGET_KEYS, MAX_SYNTHETIC_IMAGES, MAX_SYNTHETIC_STEPS, MethodSpec
 from service.models import JobStatus, StageStatus
 from service.schemas import Schema
 
@@ -31,6 +31,7 @@ __all__ = [
     "ParetoRequest",
     "ReallocateRequest",
     "StagePublic",
+    "SyntheticIn",
 ]
 
 
@@ -55,6 +56,19 @@ class ModelIn(_Strict):
     )
 
 
+class SyntheticIn(_Strict):
+    """Data-free calibration: images generated from the float model (PSAQ-ViT style, ``docs/data-free.md``).
+
+    The job stores them as an images artifact of the tenant (its id in the report's ``synthetic_images``), which a
+    later job can name as ``data.artifact_id``. Their labels are the float model's own predictions."""
+
+    images: int = Field(ge=1, le=MAX_SYNTHETIC_IMAGES, description="How many images to generate", examples=[128])
+    steps: int | None = Field(
+        default=None, ge=0, le=MAX_SYNTHETIC_STEPS, description="Adam steps per batch (default: the generator's, 30)"
+    )
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Noise seed (default: the job's seed)")
+
+
 class DataIn(_Strict):
     """Calibration (and optional evaluation) images: at most one source each; built-in digits by default."""
 
@@ -65,13 +79,18 @@ class DataIn(_Strict):
     )
     eval_artifact_id: uuid.UUID | None = Field(default=None, description="An images artifact with labels")
     eval_folder: str | None = Field(default=None, max_length=1000, description="Relative to MPQ_DATA_ROOT")
+    synthetic: SyntheticIn | None = Field(
+        default=None, description="Generate the calibration images from the model instead (data-free job)"
+    )
     num_calibration: int = Field(default=256, ge=1, le=100_000)
     batch_size: int = Field(default=64, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataIn:
-        if sum(x is not None for x in (self.builtin, self.artifact_id, self.folder)) > 1:
-            raise ValueError("give at most one of data.builtin, data.artifact_id, data.folder")
+        if sum(x is not None for x in (self.builtin, self.artifact_id, self.folder, self.synthetic)) > 1:
+            raise ValueError("give at most one of data.builtin, data.artifact_id, data.folder, data.synthetic")
+        if self.synthetic is not None and "num_calibration" in self.model_fields_set:
+            raise ValueError("a data-free job gives its image count as data.synthetic.images, not data.num_calibration")
         if self.eval_artifact_id is not None and self.eval_folder is not None:
             raise ValueError("give at most one of data.eval_artifact_id, data.eval_folder")
         return self

@@ -36,10 +36,11 @@ from service.settings import Settings
 
 __all__ = ["DEFAULT_PARETO_TIME_LIMIT", "Dispatcher", "JobService", "NullDispatcher"]
 
-#: Stages a reallocation copies from its parent besides ``sensitivity`` (when the parent ran them): the parameter
-#: table (``calibrate``, a blob of the shared store) and the measured latency table of an ``onnxruntime-cpu`` job.
-#: ``allocate`` and later stages depend on the budget and run again.
-_REUSED_STAGES = ("calibrate", "latency")
+#: Stages a reallocation copies from its parent besides ``sensitivity`` (when the parent ran them): the synthetic
+#: calibration images of a data-free job (``synthesize``, a blob), the parameter table (``calibrate``, a blob of the
+#: shared store) and the measured latency table of an ``onnxruntime-cpu`` job. ``allocate`` and later stages depend
+#: on the budget and run again.
+_REUSED_STAGES = ("synthesize", "calibrate", "latency")
 #: Solver seconds per point of ``POST /v1/jobs/{id}/pareto`` when the request gives none (at most the operator's
 #: ``MPQ_ALLOCATE_MAX_TIME_LIMIT``); the solver usually needs milliseconds per point.
 DEFAULT_PARETO_TIME_LIMIT = 5.0

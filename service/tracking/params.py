@@ -41,7 +41,7 @@ def resolved_params(spec: dict[str, Any], device: str) -> dict[str, str]:
     config = resolve_preset(
         PipelineConfig(
             model=ModelSpec(name=job.model.name, arch_kwargs=job.model.arch_kwargs),
-            data=DataSpec(**{key: value for key, value in given_data.items() if key not in ("source", "eval_source")}),
+            data=DataSpec(**{key: value for key, value in given_data.items() if key not in ("source", "eval_source", "synthetic")}),
             method=job.method,
             seed=job.seed,
             device=device,
@@ -68,6 +68,7 @@ def resolved_params(spec: dict[str, Any], device: str) -> dict[str, str]:
     for key, value in (method.get("budgets") or {}).items():
         params[f"budget.{key}"] = value
     resolved_data = config.data.model_dump(mode="json")
+    resolved_data.pop("synthetic", None)  # the request's own block (images, steps, seed) is the param
     for key, value in job.data.model_dump(mode="json").items():  # the request's sources, the resolved sizes
         params[f"data.{key}"] = resolved_data.get(key, value)
     return {key: ("" if value is None else _text(value))[:MAX_PARAM_LENGTH] for key, value in params.items()}

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.artifact.job_outputs import register_synthetic_images
 from service.artifact.repository import ArtifactRepository
 from service.artifact.storage import BlobStore
 from service.db import session_scope
@@ -129,6 +130,7 @@ def execute_job(
         result_dict.pop("artifact_dir", None)
         for key, section in bundle_sections(output_dir).items():
             result_dict.setdefault(key, section)
+        result_dict = register_synthetic_images(session_factory, store, job_id, result_dict)  # data-free jobs
         result_dict = run.redactor.value(result_dict)
         sha256, size = write_bundle(output_dir, job_dir / "bundle.zip")
         if run.finish(

@@ -14,7 +14,8 @@ ORT = "onnxruntime-cpu"
 
 
 def test_contract_constants():
-    assert STAGES == ("load", "calibrate", "sensitivity", "latency", "allocate", "reconstruct", "evaluate", "export")
+    assert STAGES == ("load", "synthesize", "calibrate", "sensitivity", "latency", "allocate", "reconstruct",
+                      "evaluate", "export")
     assert BUDGET_KEYS[-2:] == ("latency", "latency_ms")
     method = MethodSpec()
     assert (method.target, method.block_size, method.forms, method.sweep, method.sweep_budget,

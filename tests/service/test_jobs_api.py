@@ -53,8 +53,8 @@ def test_valid_job_is_accepted_with_all_stages_pending(client, tenant, inputs) -
     job = response.json()
     assert job["status"] == "queued" and job["progress"] == 0.0
     assert [stage["name"] for stage in job["stages"]] == list(STAGES)
-    assert list(STAGES) == ["load", "calibrate", "sensitivity", "latency", "allocate", "reconstruct", "evaluate",
-                            "export"]
+    assert list(STAGES) == ["load", "synthesize", "calibrate", "sensitivity", "latency", "allocate", "reconstruct",
+                            "evaluate", "export"]
     assert {stage["status"] for stage in job["stages"]} == {"pending"}
     assert job["spec"]["model"]["weights_artifact_id"] == inputs["weights"]
     assert client.get(f"/v1/jobs/{job['id']}", headers=tenant.headers).json()["id"] == job["id"]

@@ -1,7 +1,7 @@
-"""A job has one stage row per ``quant.config.STAGES`` entry, in order; migrations 0004 (``latency``) and 0005
-(``calibrate``) give jobs created before those stages existed their rows (``skipped`` when finished, ``pending`` when
-they may still run) and put the later stages one position down, and their downgrades undo exactly that. SQLite and
-PostgreSQL."""
+"""A job has one stage row per ``quant.config.STAGES`` entry, in order; migrations 0004 (``latency``), 0006
+(``calibrate``) and 0007 (``synthesize``) give jobs created before those stages existed their rows (``skipped`` when
+finished, ``pending`` when they may still run) and put the later stages one position down, and their downgrades undo
+exactly that. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from service.models import Job, JobStage, JobStatus, StageStatus, Tenant
 #: The stages before revision 0004.
 OLD_STAGES = ("load", "sensitivity", "allocate", "reconstruct", "evaluate", "export")
 #: The stages migrations added since.
-ADDED_STAGES = ("latency", "calibrate")
+ADDED_STAGES = ("latency", "calibrate", "synthesize")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -43,7 +43,8 @@ def test_new_jobs_get_a_row_per_stage_in_order(client, tenant) -> None:
     }
     job = client.post("/v1/jobs", headers=tenant.headers, json=spec).json()
     assert "latency" in STAGES and STAGES.index("latency") == STAGES.index("sensitivity") + 1
-    assert STAGES.index("calibrate") == STAGES.index("load") + 1
+    assert STAGES.index("synthesize") == STAGES.index("load") + 1
+    assert STAGES.index("calibrate") == STAGES.index("synthesize") + 1
     assert [stage["name"] for stage in job["stages"]] == list(STAGES)
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant.headers)
 

@@ -56,7 +56,7 @@ def test_the_poll_body_is_the_orm_jobs_body(client, tenant) -> None:
     assert body == expected
     assert body["progress"] == 0.375 and body["stage"] == "sensitivity" and body["status"] == "running"
     stages = {stage["name"]: stage for stage in body["stages"]}
-    assert [stage["name"] for stage in body["stages"]][:3] == ["load", "calibrate", "sensitivity"]
+    assert [stage["name"] for stage in body["stages"]][:4] == ["load", "synthesize", "calibrate", "sensitivity"]
     assert stages["load"]["output"]["seconds"] == 1.25 and stages["sensitivity"]["status"] == "running"
     assert body["started_at"].endswith("Z") or body["started_at"].endswith("+00:00")
     assert json.loads(response.content) == body
