@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.artifact.inspection import check_kind, read_safetensors_header
 from service.artifact.repository import ArtifactRepository
 from service.artifact.storage import BlobStore
-from service.job.repository import JobRepository
 from service.db import session_scope
+from service.job.repository import JobRepository
 from service.models import ArtifactKind
 
 __all__ = ["register_synthetic_images"]
