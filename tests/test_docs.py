@@ -32,9 +32,6 @@ README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
 
-#: Pages that other work adds in the same round; a link to one of them is checked once the page exists.
-PENDING_PAGES = {"docs/data-free.md", "docs/benchmarks-solver.md"}
-
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _INLINE_CODE = re.compile(r"`[^`]*`")
 _LINK = re.compile(r"(?<!!)\[(?:[^\]\[]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -114,8 +111,6 @@ def test_relative_link_resolves(link: tuple[Path, int, str]) -> None:
     except ValueError:
         pytest.fail(f"{where} points outside the repository")
     if not target_file.exists():
-        if relative in PENDING_PAGES:
-            pytest.skip(f"{where}: {relative} is written by other work of this round and is not here yet")
         pytest.fail(f"{where}: {relative} does not exist")
     if anchor:
         assert target_file.suffix == ".md", f"{where}: anchors are only checked in Markdown files"
