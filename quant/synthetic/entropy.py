@@ -53,7 +53,7 @@ def similarity_entropy(tokens: torch.Tensor, samples: int = 128,
         raise ValueError(f"need at least 2 patch tokens, got {n}")
     first, second = torch.triu_indices(n, n, offset=1)
     if first.numel() > samples:
-        pick = torch.randperm(first.numel(), generator=generator)[:samples]
+        pick = torch.randperm(first.numel(), generator=generator, device="cpu")[:samples]
         first, second = first[pick], second[pick]
     flat = (first * n + second).to(tokens.device)
     values = patch_similarity(tokens).flatten(1)[:, flat]  # [B, M] cosine similarities of the sampled pairs

@@ -82,8 +82,8 @@ def synthesize_images(model: nn.Module, count: int, input_shape: tuple[int, int,
     for p, _ in flags:
         p.requires_grad_(False)
     low, high = _bounds(mean, std, device)
-    targets = torch.randint(0, num_classes, (count,), generator=generator)
-    noise = torch.randn((count, *input_shape), generator=generator)
+    targets = torch.randint(0, num_classes, (count,), generator=generator, device="cpu")
+    noise = torch.randn((count, *input_shape), generator=generator, device="cpu")
     batches = [(i, min(i + settings.batch_size, count)) for i in range(0, count, settings.batch_size)]
     history: list[dict[str, float]] = [{} for _ in range(settings.steps)]
     done, total = 0, max(len(batches) * settings.steps, 1)

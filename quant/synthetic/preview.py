@@ -29,8 +29,8 @@ def grid_png(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], 
     if images.dim() != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be [N, 3, H, W] with N >= 1, got {tuple(images.shape)}")
     shown = images[:count].detach().float().cpu()
-    m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    m = torch.as_tensor(mean, dtype=torch.float32, device="cpu").view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device="cpu").view(1, -1, 1, 1)
     pixels = (shown * s + m).clamp(0, 1)
     height, width = pixels.shape[2:]
     scale = max(1, math.ceil(_MIN_TILE / max(height, width)))
@@ -39,7 +39,7 @@ def grid_png(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], 
     n, (h, w) = pixels.shape[0], pixels.shape[2:]
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    canvas = torch.ones(3, rows * (h + _GAP) - _GAP, cols * (w + _GAP) - _GAP)
+    canvas = torch.ones(3, rows * (h + _GAP) - _GAP, cols * (w + _GAP) - _GAP, device="cpu")
     for i in range(n):
         r, c = divmod(i, cols)
         canvas[:, r * (h + _GAP): r * (h + _GAP) + h, c * (w + _GAP): c * (w + _GAP) + w] = pixels[i]
