@@ -3,12 +3,12 @@ what a client does behind a misbehaving proxy or cache."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from http.server import BaseHTTPRequestHandler
 
 import httpx
+
+from .local_http import LocalHTTPServer
 
 __all__ = ["TamperingProxy", "flip_byte"]
 
@@ -21,7 +21,7 @@ def flip_byte(body: bytes, position: int = 100) -> bytes:
     return body[:position] + bytes([body[position] ^ 0xFF]) + body[position + 1 :]
 
 
-class TamperingProxy:
+class TamperingProxy(LocalHTTPServer):
     """Forwards every request to ``upstream``; on responses whose path ends with ``tamper_suffix`` it removes
     ``strip`` headers and passes the body through ``corrupt``. ``tampered`` counts the responses it changed."""
 
@@ -67,15 +67,9 @@ class TamperingProxy:
             def log_message(self, *_args: object) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.serve(Handler)
+        self.url = self.base_url
 
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
         self.client.close()

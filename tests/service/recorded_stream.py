@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from .local_http import LocalHTTPServer
 
 __all__ = ["EVENTS", "JOB_ID", "RecordedStream"]
 
@@ -63,7 +65,7 @@ def _final_job(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     return job
 
 
-class RecordedStream:
+class RecordedStream(LocalHTTPServer):
     """``with RecordedStream(events) as stream: stream.url``: a stand-in API that serves one recorded job."""
 
     def __init__(self, events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -95,15 +97,5 @@ class RecordedStream:
             def log_message(self, *_args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=30)
+        self.serve(Handler)
+        self.url = self.base_url

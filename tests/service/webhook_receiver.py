@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from http.server import BaseHTTPRequestHandler
+
+from .local_http import LocalHTTPServer
 
 __all__ = ["Receiver"]
 
 
-class Receiver:
+class Receiver(LocalHTTPServer):
     """``statuses`` are answered in order (the last one repeats); ``received`` holds ``(headers, body)``."""
 
     def __init__(self, statuses: list[int] | None = None, port: int = 0) -> None:
@@ -33,18 +34,8 @@ class Receiver:
             def log_message(self, *_args: object) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler, port)
+        self.url = f"{self.base_url}/hook"
 
     def wait_for(self, count: int, timeout: float) -> bool:
         """Block until ``count`` requests arrived (True) or ``timeout`` seconds passed (False)."""
